@@ -1,0 +1,55 @@
+/**
+ * actorvm's public API. Explicit named re-exports only: what is not listed
+ * here is internal and may change.
+ */
+export { ActorvmError, hasCode } from './errors.js';
+export type { Codec, Infer } from './protocol/codec.js';
+// Message codecs
+export {
+  array,
+  bool,
+  bytes,
+  CodecError,
+  empty,
+  f64,
+  i32,
+  optional,
+  str,
+  struct,
+  u8,
+  u16,
+  u32,
+  union,
+} from './protocol/codec.js';
+export type {
+  Actor,
+  ActorAddress,
+  ActorContext,
+  ActorKind,
+  ArgsOf,
+  MessageOf,
+  Placement,
+  Reply,
+  ReplyOf,
+  StopReason,
+  SupervisionPolicy,
+} from './runtime/actor.js';
+export { DEFAULT_SUPERVISION, defineActor } from './runtime/actor.js';
+export type { ActorInfo } from './runtime/actor-cell.js';
+export type { AskOptions } from './runtime/actor-ref.js';
+export { ActorRef } from './runtime/actor-ref.js';
+export type { ActorSystemOptions, Escalation, SpawnOptions } from './runtime/actor-system.js';
+// Actor runtime
+export { ActorSystem } from './runtime/actor-system.js';
+export { ControlClient, ControlError } from './runtime/control-client.js';
+export { ControlServer } from './runtime/control-server.js';
+export {
+  ActorCrashedError,
+  AskTimeoutError,
+  DeadLetterError,
+  RemoteActorError,
+  SystemStoppedError,
+  WorkerExitedError,
+} from './runtime/errors.js';
+export type { RingStats } from './runtime/ring.js';
+export { RingClosedError, RingRecordTooLargeError } from './runtime/ring.js';

@@ -1,0 +1,37 @@
+/**
+ * pino, configured once per thread. Every thread writes its own JSON lines to
+ * the same destination (a file opened O_APPEND, or stderr) through sonic-boom:
+ * no transport threads at all, so well under "one per process".
+ *
+ * Convention: every state transition is one line with an `event` field
+ * (`actor.started`, `vm.ready`, `flow.closed`, …) plus the fields that identify
+ * what changed; the message text is for humans only.
+ */
+import { type LevelWithSilent, type Logger, pino } from 'pino';
+
+export interface LogOptions {
+  /** pino level; default `info`, or ACTORVM_LOG_LEVEL. */
+  level?: LevelWithSilent;
+  /** Log file path; default stderr. */
+  file?: string;
+}
+
+export type { Logger };
+
+export function createLogger(opts: LogOptions, bindings: Record<string, unknown>): Logger {
+  const level = opts.level ?? (process.env.ACTORVM_LOG_LEVEL as LevelWithSilent | undefined) ?? 'info';
+  const dest = pino.destination({ dest: opts.file ?? 2, sync: false, mkdir: true, append: true });
+  return pino(
+    { level, base: { pid: process.pid, ...bindings }, timestamp: pino.stdTimeFunctions.isoTime },
+    dest,
+  );
+}
+
+/** Writes what is buffered, synchronously (before a thread exits). */
+export function flushLogger(log: Logger): void {
+  try {
+    log.flush();
+  } catch {
+    // The destination may not be ready yet (nothing written); nothing to lose.
+  }
+}
