@@ -49,7 +49,7 @@ describe('ring (single thread)', () => {
       seen.push(...drainAll(c));
     }
     expect(seen.length).toBe(200);
-    seen.forEach((rec, seq) => expect(rec).toEqual(payload(seq, (seq * 37) % 100)));
+    for (const [seq, rec] of seen.entries()) expect(rec).toEqual(payload(seq, (seq * 37) % 100));
   });
 
   it('refuses a record larger than it can ever hold with a typed error and stays intact', () => {
