@@ -1,0 +1,36 @@
+/** Public API of the guest-agent client. */
+
+export type {
+  AgentDirEntry,
+  AgentHello,
+  AgentStat,
+  FileInfo,
+  FileKind,
+  NetConfig,
+  ShutdownAction,
+} from '../protocol/agent-messages.js';
+export {
+  AgentClient,
+  type CallOptions,
+  type ConnectOptions,
+  type ExecOptions,
+  type ExecResult,
+  type GetFileResult,
+  type PutFileOptions,
+  type RunCommand,
+  type RunOptions,
+  type VirtioSerialConnectOptions,
+} from './client.js';
+export {
+  AgentCancelledError,
+  AgentClosedError,
+  AgentError,
+  AgentErrorCode,
+  AgentNotRegularFileError,
+  AgentProtocolError,
+  AgentRemoteError,
+  AgentSizeMismatchError,
+  AgentTimeoutError,
+} from './errors.js';
+export { agentBinaryPath, type LocalAgent, type LocalAgentOptions, startLocalAgent } from './local.js';
+export { AgentProcess, type RunResult } from './process.js';
