@@ -1,0 +1,524 @@
+/**
+ * A flow-table shard: owns every flow whose keyed hash lands on it, from the
+ * first packet to close, with the host sockets behind them. Shards live on
+ * the flow workers (never with VM actors), so host-socket I/O and guest frame
+ * handling never block each other.
+ *
+ * Per packet: parse IPv4 and the transport header into reusable views, look
+ * the flow up (O(1)), hand the segment/datagram to it. New flows pass the
+ * sandbox's egress policy, its new-flow rate limit and its flow cap first;
+ * every refusal is counted and logged, and a refused TCP SYN gets a RST.
+ */
+import dgram from 'node:dgram';
+import type net from 'node:net';
+import { ipToString } from '../../protocol/net/addr.js';
+import { ICMP_ECHO_REQUEST, newIcmpView, parseIcmp } from '../../protocol/net/icmp.js';
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, newIpv4View, parseIpv4 } from '../../protocol/net/ipv4.js';
+import { ACK, newTcpView, parseTcp, RST, SYN, seqAdd } from '../../protocol/net/tcp.js';
+import { newUdpView, parseUdp } from '../../protocol/net/udp.js';
+import { type Actor, type ActorContext, defineActor, type Reply } from '../../runtime/actor.js';
+import { BufferPool } from './buffer-pool.js';
+import type { NetConfig } from './config.js';
+import { ShardCounters } from './counters.js';
+import { DnsProxy } from './dns-proxy.js';
+import { type FlowHashKey, flowHash } from './flow-hash.js';
+import { FlowTable } from './flow-table.js';
+import { IcmpProxy } from './icmp-proxy.js';
+import { GuestLinkMessages, type ShardMessage, ShardMessages, ShardReplies } from './messages.js';
+import { checkEgress } from './policy.js';
+import { PortForwards } from './port-forwards.js';
+import { SandboxNet } from './sandbox-net.js';
+import { type TcpEnv, TcpFlow, TcpFrameBuilder } from './tcp-flow.js';
+import { type UdpEnv, UdpFlow } from './udp-flow.js';
+
+export interface FlowShardArgs {
+  index: number;
+  count: number;
+  hashKey: FlowHashKey;
+}
+
+type Flow = TcpFlow | UdpFlow;
+
+/** Inbound UDP flow → its key in `inboundPeers` (kept off the flow object, which outbound flows share). */
+const peerKeys = new WeakMap<UdpFlow, string>();
+
+const EPHEMERAL_LO = 32768;
+const EPHEMERAL_SPAN = 28232;
+
+class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
+  readonly counters = new ShardCounters();
+  readonly builder = new TcpFrameBuilder();
+  readonly writeBuffers = new BufferPool(65536, 256);
+  readonly log;
+  readonly debug: boolean;
+  private readonly sandboxes = new Map<number, SandboxNet>();
+  private readonly table = new FlowTable<Flow>();
+  private readonly dns: DnsProxy;
+  private readonly icmp: IcmpProxy;
+  private readonly forwards: PortForwards;
+  // Parse views, reused for every packet.
+  private readonly ip = newIpv4View();
+  private readonly tcp = newTcpView();
+  private readonly udp = newUdpView();
+  private readonly icmpView = newIcmpView();
+
+  constructor(
+    private readonly ctx: ActorContext<ShardMessage>,
+    private readonly args: FlowShardArgs,
+  ) {
+    this.log = ctx.log;
+    this.debug = ctx.log.isLevelEnabled('debug');
+    this.dns = new DnsProxy(this.counters, ctx.log);
+    this.icmp = new IcmpProxy(this.counters, ctx.log);
+    this.forwards = new PortForwards({
+      acceptTcp: (sb, socket, guestPort) => this.acceptInbound(sb, socket, guestPort),
+      datagram: (sb, listener, guestPort, msg, from) =>
+        this.inboundDatagram(sb, listener, guestPort, msg, from),
+    });
+  }
+
+  receive(msg: ShardMessage, reply: Reply<string>): void | Promise<void> {
+    switch (msg.type) {
+      case 'packet':
+        this.onPacket(msg.sandbox, msg.packet);
+        return;
+      case 'attach': {
+        const config = JSON.parse(msg.config) as NetConfig;
+        const link = this.ctx.ref(
+          { id: msg.link.id, thread: msg.link.thread, name: msg.link.name, kind: 'guest-link' },
+          { messages: GuestLinkMessages, replies: ShardReplies } as never,
+        );
+        this.sandboxes.set(
+          msg.sandbox,
+          new SandboxNet(msg.sandbox, config, link, this.args.count, Date.now()),
+        );
+        this.log.info({ event: 'net.sandbox_attached', sandbox: msg.sandbox }, 'sandbox attached');
+        reply('{}');
+        return;
+      }
+      case 'detach':
+        this.detach(msg.sandbox);
+        reply('{}');
+        return;
+      case 'forward':
+        return this.addForward(msg, reply);
+      case 'unforward':
+        reply(
+          JSON.stringify({
+            removed: this.forwards.remove(msg.sandbox, msg.proto === 6 ? 'tcp' : 'udp', msg.hostPort),
+          }),
+        );
+        return;
+      case 'flows':
+        reply(JSON.stringify(this.flowInfos(msg.sandbox)));
+        return;
+      case 'stats':
+        reply(JSON.stringify(this.statsJson()));
+        return;
+    }
+  }
+
+  // ---- packets from the guest ---------------------------------------------------
+
+  private onPacket(sandbox: number, pkt: Uint8Array): void {
+    const c = this.counters;
+    c.packetsIn++;
+    c.bytesIn += pkt.length;
+    const sb = this.sandboxes.get(sandbox);
+    if (!sb) {
+      c.drop('unknown_sandbox');
+      return;
+    }
+    const ip = this.ip;
+    const bad = parseIpv4(pkt, 0, pkt.length, ip);
+    if (bad) {
+      c.drop(bad);
+      return;
+    }
+    const verify = sb.config.verifyChecksums;
+    if (ip.proto === IPPROTO_TCP) {
+      const t = this.tcp;
+      const e = parseTcp(pkt, ip.payloadOff, ip.payloadLen, ip.src, ip.dst, verify, t);
+      if (e) {
+        c.drop(e);
+        return;
+      }
+      const hash = flowHash(this.args.hashKey, sandbox, IPPROTO_TCP, ip.src, t.srcPort, ip.dst, t.dstPort);
+      const flow = this.table.get(hash, sandbox, IPPROTO_TCP, ip.src, t.srcPort, ip.dst, t.dstPort) as
+        | TcpFlow
+        | undefined;
+      if (flow) flow.onSegment(t, pkt);
+      else if ((t.flags & (SYN | ACK | RST)) === SYN) this.openTcp(sb, hash, ip.src, ip.dst);
+      else if (!(t.flags & RST)) this.rstNoFlow(sb, ip.src, ip.dst);
+      return;
+    }
+    if (ip.proto === IPPROTO_UDP) {
+      const u = this.udp;
+      const e = parseUdp(pkt, ip.payloadOff, ip.payloadLen, ip.src, ip.dst, u);
+      if (e) {
+        c.drop(e);
+        return;
+      }
+      const payload = pkt.subarray(u.payloadOff, u.payloadOff + u.payloadLen);
+      if (ip.dst === sb.config.dnsIp && u.dstPort === 53) {
+        this.dns.onQuery(sb, u.srcPort, payload);
+        return;
+      }
+      const hash = flowHash(this.args.hashKey, sandbox, IPPROTO_UDP, ip.src, u.srcPort, ip.dst, u.dstPort);
+      let flow = this.table.get(hash, sandbox, IPPROTO_UDP, ip.src, u.srcPort, ip.dst, u.dstPort) as
+        | UdpFlow
+        | undefined;
+      if (!flow) flow = this.openUdp(sb, hash, ip.src, u.srcPort, ip.dst, u.dstPort);
+      flow?.fromGuest(payload);
+      return;
+    }
+    if (ip.proto === IPPROTO_ICMP) {
+      const v = this.icmpView;
+      const e = parseIcmp(pkt, ip.payloadOff, ip.payloadLen, v);
+      if (e) {
+        c.drop(e);
+        return;
+      }
+      if (v.type !== ICMP_ECHO_REQUEST) {
+        c.drop('icmp_type');
+        return;
+      }
+      const verdict = checkEgress(sb.config, ip.dst, 0);
+      if (!verdict.ok) {
+        this.refuse(sb, 'icmp', ip.dst, 0, verdict.reason);
+        return;
+      }
+      this.icmp.echo(
+        sb,
+        ip.dst,
+        verdict.hostIp,
+        v.ident,
+        v.seq,
+        pkt.subarray(v.dataOff, v.dataOff + v.dataLen),
+      );
+      return;
+    }
+    c.drop('protocol');
+  }
+
+  /** Gate for every new outbound flow: policy, rate, cap. Returns the host IP or undefined (refused). */
+  private admit(sb: SandboxNet, proto: 'tcp' | 'udp', dst: number, port: number): number | undefined {
+    const verdict = checkEgress(sb.config, dst, port);
+    if (!verdict.ok) {
+      this.refuse(sb, proto, dst, port, verdict.reason);
+      return undefined;
+    }
+    if (sb.flows >= sb.maxFlows) {
+      this.refuse(sb, proto, dst, port, 'flow_cap');
+      return undefined;
+    }
+    if (!sb.limiter.take(Date.now())) {
+      this.refuse(sb, proto, dst, port, 'rate_limit');
+      return undefined;
+    }
+    return verdict.hostIp;
+  }
+
+  private refuse(sb: SandboxNet, proto: string, dst: number, port: number, reason: string): void {
+    this.counters.refuse(reason);
+    const n = this.counters.refusals.get(reason)!;
+    // Every refusal is counted; the log gets the first ones and then every power of two, so a flood stays cheap.
+    if (n <= 20 || (n & (n - 1)) === 0) {
+      this.log.warn(
+        { event: 'net.refused', sandbox: sb.id, proto, dst: ipToString(dst), port, reason, count: n },
+        'egress refused',
+      );
+    }
+  }
+
+  private openTcp(sb: SandboxNet, hash: number, src: number, dst: number): void {
+    const t = this.tcp;
+    const hostIp = this.admit(sb, 'tcp', dst, t.dstPort);
+    if (hostIp === undefined) {
+      this.sendRst(sb, src, t.srcPort, dst, t.dstPort, 0, seqAdd(t.seq, 1));
+      return;
+    }
+    const flow = new TcpFlow(
+      this,
+      sb,
+      hash,
+      src,
+      t.srcPort,
+      dst,
+      t.dstPort,
+      ipToString(hostIp),
+      t.dstPort,
+      'out',
+    );
+    this.addFlow(flow);
+    flow.connect(t);
+  }
+
+  private openUdp(sb: SandboxNet, hash: number, src: number, sport: number, dst: number, dport: number) {
+    const hostIp = this.admit(sb, 'udp', dst, dport);
+    if (hostIp === undefined) return undefined;
+    const socket = dgram.createSocket('udp4');
+    const flow = new UdpFlow(
+      this,
+      sb,
+      hash,
+      src,
+      sport,
+      dst,
+      dport,
+      ipToString(hostIp),
+      dport,
+      'out',
+      socket,
+    );
+    this.addFlow(flow);
+    return flow;
+  }
+
+  /** RST for a segment that matches no flow (RFC 9293 §3.10.7.1). */
+  private rstNoFlow(sb: SandboxNet, src: number, dst: number): void {
+    const t = this.tcp;
+    this.counters.drop('tcp_no_flow');
+    if (t.flags & ACK) this.sendRst(sb, src, t.srcPort, dst, t.dstPort, t.ack, 0, false);
+    else this.sendRst(sb, src, t.srcPort, dst, t.dstPort, 0, seqAdd(t.seq, t.payloadLen + (t.flags & 1)));
+  }
+
+  private sendRst(
+    sb: SandboxNet,
+    guestIp: number,
+    guestPort: number,
+    remoteIp: number,
+    remotePort: number,
+    seq: number,
+    ack: number,
+    withAck = true,
+  ): void {
+    const b = this.builder;
+    const s = b.seg;
+    s.srcIp = remoteIp;
+    s.dstIp = guestIp;
+    s.srcPort = remotePort;
+    s.dstPort = guestPort;
+    s.seq = seq;
+    s.ack = ack;
+    s.flags = withAck ? RST | ACK : RST;
+    s.window = 0;
+    s.mss = 0;
+    s.wscale = -1;
+    b.prepare(sb, undefined, 0, 0);
+    this.counters.framesOut++;
+    sb.send(b);
+  }
+
+  // ---- inbound ------------------------------------------------------------------
+
+  /** An ephemeral gateway port whose flow key hashes to this shard (so the guest's answers come here). */
+  private ephemeralPort(
+    sb: SandboxNet,
+    proto: number,
+    guestPort: number,
+  ): { port: number; hash: number } | undefined {
+    const { hashKey, index, count } = this.args;
+    const cfg = sb.config;
+    const start = (Math.random() * EPHEMERAL_SPAN) | 0;
+    for (let i = 0; i < EPHEMERAL_SPAN; i++) {
+      const port = EPHEMERAL_LO + ((start + i) % EPHEMERAL_SPAN);
+      const hash = flowHash(hashKey, sb.id, proto, cfg.guestIp, guestPort, cfg.gatewayIp, port);
+      if (hash % count !== index) continue;
+      if (this.table.get(hash, sb.id, proto, cfg.guestIp, guestPort, cfg.gatewayIp, port)) continue;
+      return { port, hash };
+    }
+    return undefined;
+  }
+
+  private acceptInbound(sb: SandboxNet, socket: net.Socket, guestPort: number): void {
+    const eph = sb.flows < sb.maxFlows ? this.ephemeralPort(sb, IPPROTO_TCP, guestPort) : undefined;
+    if (!eph) {
+      this.counters.refuse('inbound_flow_cap');
+      socket.destroy();
+      return;
+    }
+    const cfg = sb.config;
+    const flow = new TcpFlow(
+      this,
+      sb,
+      eph.hash,
+      cfg.guestIp,
+      guestPort,
+      cfg.gatewayIp,
+      eph.port,
+      socket.remoteAddress ?? '?',
+      socket.remotePort ?? 0,
+      'in',
+    );
+    this.addFlow(flow);
+    flow.accept(socket);
+  }
+
+  private readonly inboundPeers = new Map<string, UdpFlow>();
+
+  private inboundDatagram(
+    sb: SandboxNet,
+    listener: dgram.Socket,
+    guestPort: number,
+    msg: Buffer,
+    from: dgram.RemoteInfo,
+  ): void {
+    const peer = `${sb.id}/${listener.address().port}/${from.address}:${from.port}`;
+    let flow = this.inboundPeers.get(peer);
+    if (!flow) {
+      const eph = sb.flows < sb.maxFlows ? this.ephemeralPort(sb, IPPROTO_UDP, guestPort) : undefined;
+      if (!eph) {
+        this.counters.refuse('inbound_flow_cap');
+        return;
+      }
+      const cfg = sb.config;
+      flow = new UdpFlow(
+        this,
+        sb,
+        eph.hash,
+        cfg.guestIp,
+        guestPort,
+        cfg.gatewayIp,
+        eph.port,
+        from.address,
+        from.port,
+        'in',
+        listener,
+      );
+      this.inboundPeers.set(peer, flow);
+      peerKeys.set(flow, peer);
+      this.addFlow(flow);
+    }
+    flow.fromHost(msg);
+  }
+
+  private async addForward(
+    msg: Extract<ShardMessage, { type: 'forward' }>,
+    reply: Reply<string>,
+  ): Promise<void> {
+    const sb = this.sandboxes.get(msg.sandbox);
+    if (!sb) {
+      reply.error(
+        Object.assign(new Error(`sandbox ${msg.sandbox} is not attached`), { code: 'ERR_NET_NO_SANDBOX' }),
+      );
+      return;
+    }
+    try {
+      const rule = await this.forwards.add(
+        sb,
+        msg.proto === 6 ? 'tcp' : 'udp',
+        msg.hostIp,
+        msg.hostPort,
+        msg.guestPort,
+      );
+      this.log.info({ event: 'net.forward_added', ...rule }, 'port forward added');
+      reply(JSON.stringify(rule));
+    } catch (err) {
+      reply.error(err);
+    }
+  }
+
+  // ---- bookkeeping -----------------------------------------------------------------
+
+  private addFlow(flow: Flow): void {
+    this.table.add(flow);
+    flow.sb.flows++;
+    this.counters.flowsOpened++;
+  }
+
+  removeTcp(flow: TcpFlow, reason: string): void {
+    this.removeFlow(flow, reason);
+  }
+
+  removeUdp(flow: UdpFlow, reason: string): void {
+    const peer = peerKeys.get(flow);
+    if (peer) {
+      this.inboundPeers.delete(peer);
+      peerKeys.delete(flow);
+    }
+    this.removeFlow(flow, reason);
+  }
+
+  private removeFlow(flow: Flow, reason: string): void {
+    if (!this.table.delete(flow)) return;
+    flow.sb.flows--;
+    this.counters.flowsClosed++;
+    if (this.debug) {
+      this.log.debug(
+        {
+          event: 'flow.removed',
+          proto: flow.proto === IPPROTO_TCP ? 'tcp' : 'udp',
+          sandbox: flow.sb.id,
+          flow: flow.describe(),
+          reason,
+          bytesToHost: flow.bytesToHost,
+          bytesToGuest: flow.bytesToGuest,
+        },
+        'flow removed',
+      );
+    }
+  }
+
+  private detach(sandbox: number): void {
+    const sb = this.sandboxes.get(sandbox);
+    if (!sb) return;
+    this.forwards.removeSandbox(sandbox);
+    for (const f of [...this.table.values()]) {
+      if (f.sb !== sb) continue;
+      if (f instanceof TcpFlow) f.abort('sandbox_detached');
+      else f.close('sandbox_detached');
+    }
+    this.dns.forget(sb);
+    this.sandboxes.delete(sandbox);
+    this.log.info({ event: 'net.sandbox_detached', sandbox }, 'sandbox detached');
+  }
+
+  private flowInfos(sandbox: number): unknown[] {
+    const now = Date.now();
+    const out: unknown[] = [];
+    for (const f of this.table.values()) if (sandbox === 0 || f.sb.id === sandbox) out.push(f.info(now));
+    return out;
+  }
+
+  private statsJson(): Record<string, unknown> {
+    const byState: Record<string, number> = {};
+    for (const f of this.table.values()) {
+      const k = `${f.proto === IPPROTO_TCP ? 'tcp' : 'udp'}:${f.state}`;
+      byState[k] = (byState[k] ?? 0) + 1;
+    }
+    return {
+      shard: this.args.index,
+      sandboxes: this.sandboxes.size,
+      flows: this.table.size,
+      flowsByState: byState,
+      ...this.counters.toJSON(),
+      dns: this.dns.stats,
+      icmp: this.icmp.stats,
+      forwards: this.forwards.rules(),
+    };
+  }
+
+  inspect(): unknown {
+    return this.statsJson();
+  }
+
+  stop(): void {
+    for (const f of [...this.table.values()]) {
+      if (f instanceof TcpFlow) f.abort('shard_stopped');
+      else f.close('shard_stopped');
+    }
+    this.forwards.close();
+    this.dns.close();
+    this.icmp.close();
+  }
+}
+
+export default defineActor({
+  name: 'net.flow-shard',
+  module: import.meta.url,
+  placement: 'flow',
+  messages: ShardMessages,
+  replies: ShardReplies,
+  create: (ctx: ActorContext<ShardMessage>, args: FlowShardArgs) => new FlowShard(ctx, args),
+});

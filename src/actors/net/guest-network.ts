@@ -1,0 +1,368 @@
+/**
+ * The guest-facing side of a sandbox's network, hosted by the actor that owns
+ * the guest (its VM actor, or a standalone link actor in tests and benches).
+ *
+ * In: the guest's frame stream (QEMU `-netdev stream`, or the agent's TAP
+ * relay: 4-byte big-endian length + Ethernet frame). ARP for the gateway and
+ * DNS addresses, DHCP, and pings to the gateway are answered here; every
+ * other IPv4 packet goes to the flow shard its keyed flow hash picks, over the
+ * ring. A backed-up ring pauses the guest stream (backpressure, no drops).
+ *
+ * Out: frames from the shards (and local answers) are copied into a batch
+ * with their length prefixes — the guest's MAC written in on the way — and
+ * the batch is written to the stream once per turn of the event loop.
+ */
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { macToString, parseMac } from '../../protocol/net/addr.js';
+import { ARP_REQUEST, type ArpView, buildArpReply, parseArp } from '../../protocol/net/arp.js';
+import { DHCP_SERVER_PORT } from '../../protocol/net/dhcp.js';
+import { parseDnsQuestion } from '../../protocol/net/dns.js';
+import {
+  ETH_HEADER,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  etherType,
+  isForUs,
+} from '../../protocol/net/ethernet.js';
+import { FrameDecoder, FramingError, writeFrameLength } from '../../protocol/net/frame-stream.js';
+import {
+  buildIcmpFrame,
+  ICMP_ECHO_REPLY,
+  ICMP_ECHO_REQUEST,
+  newIcmpView,
+  parseIcmp,
+} from '../../protocol/net/icmp.js';
+import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, newIpv4View, parseIpv4 } from '../../protocol/net/ipv4.js';
+import type { ActorAddress } from '../../runtime/actor.js';
+import type { ActorRef } from '../../runtime/actor-ref.js';
+import type { NetConfig } from './config.js';
+import { DhcpServer } from './dhcp-server.js';
+import { type FlowHashKey, flowHash, stringHash } from './flow-hash.js';
+import type { ShardMessage } from './messages.js';
+
+/** Bytes we let queue toward a guest that does not read before dropping frames. */
+const GUEST_BACKLOG_LIMIT = 32 << 20;
+const BATCH_BYTES = 512 * 1024;
+
+export interface GuestNetworkStats {
+  sandbox: number;
+  guestMac: string | null;
+  framesIn: number;
+  bytesIn: number;
+  framesOut: number;
+  bytesOut: number;
+  toShards: number;
+  drops: Record<string, number>;
+  dhcp: { offers: number; acks: number; naks: number };
+}
+
+export class GuestNetwork {
+  readonly gatewayMac: Uint8Array;
+  guestMac: Uint8Array | undefined;
+  private stream: Duplex | undefined;
+  private readonly decoder = new FrameDecoder((buf, off, len) => this.onFrame(buf, off, len));
+  private readonly dhcp: DhcpServer;
+  private readonly ip = newIpv4View();
+  private readonly arp: ArpView = { op: 0, senderMac: new Uint8Array(6), senderIp: 0, targetIp: 0 };
+  private readonly icmp = newIcmpView();
+  private readonly drops = new Map<string, number>();
+  private framesIn = 0;
+  private bytesIn = 0;
+  private framesOut = 0;
+  private bytesOut = 0;
+  private toShards = 0;
+  // Outgoing batch and a small free list of batch buffers (a written buffer is
+  // reusable once its write callback ran).
+  private batch: Buffer;
+  private batchLen = 0;
+  private flushScheduled = false;
+  private readonly spare: Buffer[] = [];
+  private pausedForShards = false;
+
+  constructor(
+    readonly sandbox: number,
+    readonly config: NetConfig,
+    private readonly shards: ActorRef<ShardMessage, string>[],
+    private readonly hashKey: FlowHashKey,
+    private readonly log: Logger,
+  ) {
+    this.gatewayMac = parseMac(config.gatewayMac);
+    this.dhcp = new DhcpServer(config, this.gatewayMac);
+    this.batch = Buffer.allocUnsafe(BATCH_BYTES);
+  }
+
+  /** Registers this sandbox with every shard; resolves when all have it. */
+  async attachShards(link: ActorAddress): Promise<void> {
+    const config = JSON.stringify(this.config);
+    await Promise.all(
+      this.shards.map((s) =>
+        s.ask({
+          type: 'attach',
+          sandbox: this.sandbox,
+          link: { id: link.id, thread: link.thread, name: link.name },
+          config,
+        }),
+      ),
+    );
+  }
+
+  async detachShards(): Promise<void> {
+    await Promise.all(
+      this.shards.map((s) => s.ask({ type: 'detach', sandbox: this.sandbox }).catch(() => {})),
+    );
+  }
+
+  /** Starts relaying the guest's frame stream. A framing error drops the stream. */
+  attachStream(stream: Duplex): void {
+    this.stream = stream;
+    stream.on('data', (chunk: Buffer) => {
+      try {
+        this.decoder.push(chunk);
+      } catch (err) {
+        if (!(err instanceof FramingError)) throw err;
+        this.drop('framing');
+        this.log.warn(
+          { event: 'net.framing_error', sandbox: this.sandbox, err },
+          'bad frame length; stream dropped',
+        );
+        stream.destroy();
+      }
+    });
+    stream.on('error', (err) => this.log.debug({ event: 'net.stream_error', err }, 'guest stream error'));
+    stream.on('close', () => {
+      if (this.stream === stream) this.stream = undefined;
+    });
+  }
+
+  get attached(): boolean {
+    return this.stream !== undefined;
+  }
+
+  closeStream(): void {
+    this.stream?.destroy();
+    this.stream = undefined;
+  }
+
+  // ---- guest → us ------------------------------------------------------------
+
+  private onFrame(buf: Uint8Array, off: number, len: number): void {
+    this.framesIn++;
+    this.bytesIn += len;
+    if (!isForUs(buf, off, this.gatewayMac)) {
+      this.drop('not_for_us');
+      return;
+    }
+    this.learnMac(buf, off + 6);
+    const type = etherType(buf, off);
+    if (type === ETHERTYPE_IPV4) this.onIpv4(buf, off + ETH_HEADER, len - ETH_HEADER);
+    else if (type === ETHERTYPE_ARP) this.onArp(buf, off + ETH_HEADER, len - ETH_HEADER);
+    else this.drop('ethertype');
+  }
+
+  private learnMac(buf: Uint8Array, at: number): void {
+    const m = this.guestMac;
+    if (
+      m &&
+      m[0] === buf[at] &&
+      m[1] === buf[at + 1] &&
+      m[2] === buf[at + 2] &&
+      m[3] === buf[at + 3] &&
+      m[4] === buf[at + 4] &&
+      m[5] === buf[at + 5]
+    ) {
+      return;
+    }
+    if (buf[at] & 1) return; // a group address is never a source
+    this.guestMac = buf.slice(at, at + 6);
+    this.log.info(
+      { event: 'net.guest_mac', sandbox: this.sandbox, mac: macToString(this.guestMac) },
+      'guest MAC learned',
+    );
+  }
+
+  private onArp(buf: Uint8Array, off: number, len: number): void {
+    const a = this.arp;
+    if (!parseArp(buf, off, len, a)) {
+      this.drop('arp_malformed');
+      return;
+    }
+    if (a.op !== ARP_REQUEST) return;
+    const cfg = this.config;
+    if (a.targetIp !== cfg.gatewayIp && a.targetIp !== cfg.dnsIp) return; // not ours to answer
+    this.toGuest(buildArpReply(this.gatewayMac, a.targetIp, a.senderMac.slice(), a.senderIp));
+  }
+
+  private onIpv4(buf: Uint8Array, off: number, len: number): void {
+    const ip = this.ip;
+    const bad = parseIpv4(buf, off, len, ip);
+    if (bad) {
+      this.drop(bad);
+      return;
+    }
+    const cfg = this.config;
+    const t = ip.payloadOff;
+    if (ip.proto === IPPROTO_UDP && ip.payloadLen >= 8) {
+      const dport = (buf[t + 2] << 8) | buf[t + 3];
+      if (dport === DHCP_SERVER_PORT) {
+        const reply = this.dhcp.handle(buf, t + 8, ip.payloadLen - 8);
+        if (reply) this.toGuest(reply);
+        return;
+      }
+      if (ip.dst === cfg.dnsIp && dport === 53) {
+        // All queries for a name go to one shard, so its cache answers them.
+        const q = parseDnsQuestion(buf, t + 8, ip.payloadLen - 8);
+        const h = q ? stringHash(this.hashKey, q.name) : 0;
+        this.toShard(h, buf, off, ip.totalLen);
+        return;
+      }
+    }
+    if (ip.proto === IPPROTO_ICMP && (ip.dst === cfg.gatewayIp || ip.dst === cfg.dnsIp)) {
+      this.answerPing(buf);
+      return;
+    }
+    if (ip.proto === IPPROTO_TCP || ip.proto === IPPROTO_UDP) {
+      if (ip.payloadLen < 4) {
+        this.drop('transport_short');
+        return;
+      }
+      const sport = (buf[t] << 8) | buf[t + 1];
+      const dport = (buf[t + 2] << 8) | buf[t + 3];
+      this.toShard(
+        flowHash(this.hashKey, this.sandbox, ip.proto, ip.src, sport, ip.dst, dport),
+        buf,
+        off,
+        ip.totalLen,
+      );
+      return;
+    }
+    if (ip.proto === IPPROTO_ICMP) {
+      const ident = ip.payloadLen >= 6 ? (buf[t + 4] << 8) | buf[t + 5] : 0;
+      this.toShard(
+        flowHash(this.hashKey, this.sandbox, IPPROTO_ICMP, ip.src, ident, ip.dst, 0),
+        buf,
+        off,
+        ip.totalLen,
+      );
+      return;
+    }
+    this.drop('protocol');
+  }
+
+  private toShard(hash: number, buf: Uint8Array, off: number, len: number): void {
+    const shard = this.shards[hash % this.shards.length];
+    this.toShards++;
+    if (!shard.tell({ type: 'packet', sandbox: this.sandbox, packet: buf.subarray(off, off + len) })) {
+      // The ring to that shard is full: stop reading the guest until it drains.
+      if (!this.pausedForShards && this.stream) {
+        this.pausedForShards = true;
+        const stream = this.stream;
+        stream.pause();
+        void shard.writable().then(() => {
+          this.pausedForShards = false;
+          stream.resume();
+        });
+      }
+    }
+  }
+
+  private answerPing(buf: Uint8Array): void {
+    const ip = this.ip;
+    const v = this.icmp;
+    const bad = parseIcmp(buf, ip.payloadOff, ip.payloadLen, v);
+    if (bad) {
+      this.drop(bad);
+      return;
+    }
+    if (v.type !== ICMP_ECHO_REQUEST || !this.guestMac) return;
+    this.toGuest(
+      buildIcmpFrame(
+        this.guestMac,
+        this.gatewayMac,
+        ip.dst,
+        ip.src,
+        ICMP_ECHO_REPLY,
+        0,
+        ((v.ident << 16) | v.seq) >>> 0,
+        buf.slice(v.dataOff, v.dataOff + v.dataLen),
+      ),
+    );
+  }
+
+  // ---- us → guest ----------------------------------------------------------------
+
+  /** A frame from a shard (a ring view, valid during this call) or a locally built one. */
+  toGuest(frame: Uint8Array): void {
+    const stream = this.stream;
+    if (!stream) {
+      this.drop('no_guest');
+      return;
+    }
+    if (stream.writableLength > GUEST_BACKLOG_LIMIT) {
+      this.drop('guest_backlog');
+      return;
+    }
+    const need = 4 + frame.length;
+    if (this.batchLen + need > this.batch.length) this.flush();
+    if (need > this.batch.length) {
+      const single = Buffer.allocUnsafe(need);
+      writeFrameLength(single, 0, frame.length);
+      single.set(frame, 4);
+      this.stampGuestMac(single, 4);
+      stream.write(single);
+      this.count(frame.length);
+      return;
+    }
+    const at = this.batchLen;
+    writeFrameLength(this.batch, at, frame.length);
+    this.batch.set(frame, at + 4);
+    this.stampGuestMac(this.batch, at + 4);
+    this.batchLen += need;
+    this.count(frame.length);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  private count(len: number): void {
+    this.framesOut++;
+    this.bytesOut += len;
+  }
+
+  /** Shards do not know the guest's MAC: write it into the frame's destination. */
+  private stampGuestMac(buf: Uint8Array, at: number): void {
+    if (this.guestMac) buf.set(this.guestMac, at);
+  }
+
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.batchLen === 0) return;
+    const full = this.batch;
+    const len = this.batchLen;
+    this.batch = this.spare.pop() ?? Buffer.allocUnsafe(BATCH_BYTES);
+    this.batchLen = 0;
+    if (!this.stream) return;
+    this.stream.write(full.subarray(0, len), () => {
+      if (this.spare.length < 4) this.spare.push(full);
+    });
+  };
+
+  private drop(reason: string): void {
+    this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);
+  }
+
+  stats(): GuestNetworkStats {
+    return {
+      sandbox: this.sandbox,
+      guestMac: this.guestMac ? macToString(this.guestMac) : null,
+      framesIn: this.framesIn,
+      bytesIn: this.bytesIn,
+      framesOut: this.framesOut,
+      bytesOut: this.bytesOut,
+      toShards: this.toShards,
+      drops: Object.fromEntries(this.drops),
+      dhcp: this.dhcp.stats,
+    };
+  }
+}
