@@ -328,6 +328,17 @@ export class ActorHost implements Router {
     return true;
   }
 
+  /**
+   * Crashes an actor on purpose, exactly as if it had thrown: fault injection
+   * for tests and chaos drills. Returns false if there is no such actor.
+   */
+  injectFailure(id: number, message: string): boolean {
+    const cell = this.cells.get(id);
+    if (!cell) return false;
+    cell.crash(Object.assign(new Error(message), { code: 'ERR_INJECTED_FAILURE' }));
+    return true;
+  }
+
   list(): ActorInfo[] {
     return [...this.cells.values()].map((c) => c.info());
   }

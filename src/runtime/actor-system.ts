@@ -202,6 +202,13 @@ export class ActorSystem extends EventEmitter {
     return slot.api.stop(address.id);
   }
 
+  /** Crashes an actor on purpose (its supervisor restarts or escalates it): fault injection. */
+  async injectFailure(target: ActorRef<any, any> | ActorAddress, message = 'injected failure'): Promise<boolean> {
+    const address = target instanceof ActorRef ? target.address : target;
+    const slot = this.slots[address.thread - 1];
+    return slot?.alive ? slot.api.injectFailure(address.id, message) : false;
+  }
+
   /** Every actor on every live worker (`actorctl ps`). */
   async list(): Promise<ActorInfo[]> {
     const lists = await Promise.all(this.liveSlots().map((s) => s.api.list()));

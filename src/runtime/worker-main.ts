@@ -35,6 +35,7 @@ export const hostApi = {
   stop: host.stop.bind(host),
   list: host.list.bind(host),
   inspect: host.inspect.bind(host),
+  injectFailure: host.injectFailure.bind(host),
   stats: host.stats.bind(host),
   settle: host.settle.bind(host),
   async shutdown(): Promise<void> {

@@ -28,13 +28,13 @@ export interface NetHarness {
 }
 
 export async function startNetHarness(
-  opts: { workers?: number; logLevel?: string } = {},
+  opts: { workers?: number; logLevel?: string; shardsPerWorker?: number } = {},
 ): Promise<NetHarness> {
   const system = await ActorSystem.start({
     workers: opts.workers ?? 2,
     log: { level: (opts.logLevel ?? process.env.ACTORVM_TEST_LOG ?? 'silent') as 'silent' },
   });
-  const net = await NetworkService.start(system);
+  const net = await NetworkService.start(system, { shardsPerWorker: opts.shardsPerWorker });
   const guests: NamespaceGuest[] = [];
   let nextSandbox = 1;
   return {
@@ -74,6 +74,7 @@ export async function startNetHarness(
           readyFd: 4,
         },
       });
+      await net.attach(sandbox, link.address, config);
       await link.ask({ type: 'ready' }, { timeoutMs: 15_000 });
       const agent = await AgentClient.connectUnix(sock);
       const g: NamespaceGuest = {
@@ -83,6 +84,7 @@ export async function startNetHarness(
         async stop() {
           agent.close();
           await system.stop(link);
+          await net.detach(sandbox);
           rmSync(dir, { recursive: true, force: true });
         },
       };

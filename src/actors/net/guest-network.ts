@@ -34,7 +34,6 @@ import {
   parseIcmp,
 } from '../../protocol/net/icmp.js';
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, newIpv4View, parseIpv4 } from '../../protocol/net/ipv4.js';
-import type { ActorAddress } from '../../runtime/actor.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { NetConfig } from './config.js';
 import { DhcpServer } from './dhcp-server.js';
@@ -90,27 +89,6 @@ export class GuestNetwork {
     this.gatewayMac = parseMac(config.gatewayMac);
     this.dhcp = new DhcpServer(config, this.gatewayMac);
     this.batch = Buffer.allocUnsafe(BATCH_BYTES);
-  }
-
-  /** Registers this sandbox with every shard; resolves when all have it. */
-  async attachShards(link: ActorAddress): Promise<void> {
-    const config = JSON.stringify(this.config);
-    await Promise.all(
-      this.shards.map((s) =>
-        s.ask({
-          type: 'attach',
-          sandbox: this.sandbox,
-          link: { id: link.id, thread: link.thread, name: link.name },
-          config,
-        }),
-      ),
-    );
-  }
-
-  async detachShards(): Promise<void> {
-    await Promise.all(
-      this.shards.map((s) => s.ask({ type: 'detach', sandbox: this.sandbox }).catch(() => {})),
-    );
   }
 
   /** Starts relaying the guest's frame stream. A framing error drops the stream. */

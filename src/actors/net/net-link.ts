@@ -1,6 +1,7 @@
 /**
  * A standalone guest link: an actor hosting just a GuestNetwork over a frame
- * stream, used by tests and benches before (and besides) full sandboxes. The
+ * stream, used by tests and benches before (and besides) full sandboxes.
+ * Whoever spawns it registers the sandbox with `NetworkService.attach`. The
  * stream is a spawned process's fd 3 (e.g. the agent's TAP relay inside a
  * network namespace), or a Unix socket we connect to or listen on (QEMU
  * `-netdev stream` either way round).
@@ -66,7 +67,6 @@ class NetLink implements Actor<Message, string> {
   }
 
   private async start(args: NetLinkArgs): Promise<void> {
-    await this.net.attachShards(this.ctx.self.address);
     const stream = await this.openStream(args.transport);
     this.net.attachStream(stream);
     this.ctx.log.info({ event: 'net.link_ready', sandbox: args.sandbox }, 'guest link ready');
@@ -139,7 +139,6 @@ class NetLink implements Actor<Message, string> {
       this.child.kill('SIGKILL');
       await exited;
     }
-    await this.net.detachShards();
   }
 }
 

@@ -5,7 +5,6 @@
  * `actorctl flows`.
  */
 import { z } from 'zod';
-import { ActorvmError } from '../../errors.js';
 import type { ActorAddress } from '../../runtime/actor.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { ActorSystem } from '../../runtime/actor-system.js';
@@ -13,6 +12,7 @@ import type { ControlServer } from '../../runtime/control-server.js';
 import { eligibleWorkers } from '../../runtime/placement.js';
 import { type FlowHashKey, flowHash, newFlowHashKey } from './flow-hash.js';
 import FlowShard from './flow-shard.js';
+import type { NetConfig } from './config.js';
 import type { ShardMessage } from './messages.js';
 import type { ForwardRule } from './port-forwards.js';
 
@@ -22,6 +22,8 @@ export interface NetworkServiceOptions {
 }
 
 export interface FlowRow {
+  /** Index of the shard that owns the flow. */
+  shard: number;
   proto: 'tcp' | 'udp';
   sandbox: number;
   direction: 'out' | 'in';
@@ -34,11 +36,29 @@ export interface FlowRow {
   ageMs: number;
 }
 
+/** A sandbox as the network layer remembers it, to re-attach it to a restarted shard. */
+interface Attachment {
+  link: ActorAddress;
+  config: string;
+  forwards: Map<string, ForwardRule>;
+}
+
 export class NetworkService {
+  private readonly attached = new Map<number, Attachment>();
+
   private constructor(
+    private readonly system: ActorSystem,
     readonly hashKey: FlowHashKey,
     private readonly shards: ActorRef<ShardMessage, string>[],
-  ) {}
+  ) {
+    // A shard that crashed comes back empty: give it every sandbox and forward
+    // it had. Its own flows are gone (their guests see resets); other shards'
+    // flows never noticed.
+    system.on('restart', ({ actor }: { actor: ActorAddress }) => {
+      const shard = this.shards.find((s) => s.id === actor.id);
+      if (shard) void this.replay(shard);
+    });
+  }
 
   static async start(system: ActorSystem, opts: NetworkServiceOptions = {}): Promise<NetworkService> {
     const hashKey = newFlowHashKey();
@@ -54,7 +74,64 @@ export class NetworkService {
         ),
       ),
     );
-    return new NetworkService(hashKey, shards);
+    return new NetworkService(system, hashKey, shards);
+  }
+
+  /**
+   * Registers a sandbox with every shard. `link` is the actor hosting its
+   * guest-facing side (frames toward the guest go there).
+   */
+  async attach(sandbox: number, link: ActorAddress, config: NetConfig): Promise<void> {
+    const entry: Attachment = { link, config: JSON.stringify(config), forwards: new Map() };
+    this.attached.set(sandbox, entry);
+    await Promise.all(this.shards.map((s) => this.attachTo(s, sandbox, entry)));
+  }
+
+  /** Closes every flow and forward of a sandbox and forgets it. */
+  async detach(sandbox: number): Promise<void> {
+    this.attached.delete(sandbox);
+    await Promise.all(this.shards.map((s) => s.ask({ type: 'detach', sandbox }).catch(() => '')));
+  }
+
+  private attachTo(shard: ActorRef<ShardMessage, string>, sandbox: number, a: Attachment): Promise<string> {
+    return shard.ask({
+      type: 'attach',
+      sandbox,
+      link: { id: a.link.id, thread: a.link.thread, name: a.link.name },
+      config: a.config,
+    });
+  }
+
+  private async replay(shard: ActorRef<ShardMessage, string>): Promise<void> {
+    try {
+      for (const [sandbox, a] of this.attached) {
+        await this.attachTo(shard, sandbox, a);
+        for (const rule of a.forwards.values()) {
+          if (this.shardFor(sandbox, rule.proto, rule.guestPort) !== shard) continue;
+          await this.addForward(shard, rule);
+        }
+      }
+      this.system.log.info({ event: 'net.shard_replayed', shard: shard.name }, 'restarted shard re-attached');
+    } catch (err) {
+      this.system.log.error({ event: 'net.shard_replay_failed', shard: shard.name, err }, 'could not re-attach shard');
+    }
+  }
+
+  private shardFor(sandbox: number, proto: 'tcp' | 'udp', guestPort: number): ActorRef<ShardMessage, string> {
+    const p = proto === 'tcp' ? 6 : 17;
+    return this.shards[flowHash(this.hashKey, sandbox, p, 0, guestPort, 0, 0) % this.shards.length];
+  }
+
+  private async addForward(shard: ActorRef<ShardMessage, string>, rule: ForwardRule): Promise<ForwardRule> {
+    const json = await shard.ask({
+      type: 'forward',
+      sandbox: rule.sandbox,
+      proto: rule.proto === 'tcp' ? 6 : 17,
+      hostIp: rule.hostIp,
+      hostPort: rule.hostPort,
+      guestPort: rule.guestPort,
+    });
+    return JSON.parse(json) as ForwardRule;
   }
 
   /** Addresses of the shards, in index order (a guest side needs them all). */
@@ -93,7 +170,7 @@ export class NetworkService {
 
   async flows(sandbox = 0): Promise<FlowRow[]> {
     const lists = await Promise.all(this.shards.map((s) => s.ask({ type: 'flows', sandbox })));
-    return lists.flatMap((l) => JSON.parse(l) as FlowRow[]);
+    return lists.flatMap((l, shard) => (JSON.parse(l) as Omit<FlowRow, 'shard'>[]).map((f) => ({ shard, ...f })));
   }
 
   async stats(): Promise<Record<string, unknown>[]> {
@@ -112,8 +189,4 @@ export class NetworkService {
       handle: () => this.stats(),
     });
   }
-}
-
-export function assertPort(p: number): void {
-  if (!Number.isInteger(p) || p < 0 || p > 65535) throw new ActorvmError('ERR_NET_BAD_PORT', `bad port ${p}`);
 }
