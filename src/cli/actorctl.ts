@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerDemoCommand } from './commands/demo.js';
+import { registerNetCommands } from './commands/net.js';
 import { registerSystemCommands } from './commands/system.js';
 
 export function buildProgram(): Command {
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output')
     .showHelpAfterError();
   registerSystemCommands(program);
+  registerNetCommands(program);
   registerDemoCommand(program);
   return program;
 }
