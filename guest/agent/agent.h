@@ -26,7 +26,7 @@
  * stops reading the connection instead of refusing. */
 #define MAX_QUEUED 4096u
 
-enum ev_kind { EV_LISTEN = 1, EV_CONN, EV_PIPE, EV_SIGNAL, EV_TIMER, EV_TAP, EV_TAP_PEER };
+enum ev_kind { EV_LISTEN = 1, EV_CONN, EV_PIPE, EV_SIGNAL, EV_TIMER, EV_TAP, EV_TAP_PEER, EV_TAP_LISTEN };
 
 /* First member of everything registered with epoll; epoll_data.ptr points here.
  * Objects are freed only at the end of a loop iteration (the graveyard), so an
@@ -236,7 +236,8 @@ void power_off(uint8_t action) __attribute__((noreturn));
 
 /* tap.c */
 struct tap_config {
-	int peer_fd;
+	int peer_fd;             /* --tap-fd: one inherited, connected peer */
+	const char *listen_path; /* --tap-listen unix:PATH: peers connect (and reconnect) */
 	struct net_settings net;
 };
 int tap_start(const struct tap_config *cfg);

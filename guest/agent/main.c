@@ -285,7 +285,7 @@ static void usage(int code)
 		"  --hostname NAME  --iface NAME  --ip A.B.C.D/P  --gw A.B.C.D\n"
 		"  --dns A[,B]  --mtu N  --mac XX:XX:XX:XX:XX:XX\n"
 		"TAP relay (namespace sandboxes)\n"
-		"  --tap-fd N  --tap-name NAME  --tap-ip A.B.C.D/P  --tap-gw A.B.C.D\n"
+		"  --tap-fd N | --tap-listen unix:PATH  --tap-name NAME  --tap-ip A.B.C.D/P  --tap-gw A.B.C.D\n"
 		"  --tap-mtu N  --tap-mac XX:XX:XX:XX:XX:XX\n"
 		"  --ready-fd N         write \"ready\\n\" to fd N and close it once serving\n"
 		"  -v, --verbose        debug log on stderr\n"
@@ -304,7 +304,7 @@ static int parse_fd(const char *s)
 
 enum {
 	O_LISTEN = 256, O_FD, O_VPORT, O_INIT, O_MODULES, O_HOSTNAME, O_IFACE, O_IP, O_GW, O_DNS, O_MTU, O_MAC,
-	O_TAP_FD, O_TAP_NAME, O_TAP_IP, O_TAP_GW, O_TAP_MTU, O_TAP_MAC, O_READY_FD, O_VERSION, O_HELP
+	O_TAP_FD, O_TAP_LISTEN, O_TAP_NAME, O_TAP_IP, O_TAP_GW, O_TAP_MTU, O_TAP_MAC, O_READY_FD, O_VERSION, O_HELP
 };
 
 struct cli {
@@ -375,7 +375,7 @@ static void parse_cli(int argc, char **argv, struct cli *o)
 		{"init", 0, 0, O_INIT},         {"modules", 1, 0, O_MODULES}, {"hostname", 1, 0, O_HOSTNAME},
 		{"iface", 1, 0, O_IFACE},       {"ip", 1, 0, O_IP},           {"gw", 1, 0, O_GW},
 		{"dns", 1, 0, O_DNS},           {"mtu", 1, 0, O_MTU},         {"mac", 1, 0, O_MAC},
-		{"tap-fd", 1, 0, O_TAP_FD},     {"tap-name", 1, 0, O_TAP_NAME}, {"tap-ip", 1, 0, O_TAP_IP},
+		{"tap-fd", 1, 0, O_TAP_FD},     {"tap-listen", 1, 0, O_TAP_LISTEN}, {"tap-name", 1, 0, O_TAP_NAME}, {"tap-ip", 1, 0, O_TAP_IP},
 		{"tap-gw", 1, 0, O_TAP_GW},     {"tap-mtu", 1, 0, O_TAP_MTU}, {"tap-mac", 1, 0, O_TAP_MAC},
 		{"ready-fd", 1, 0, O_READY_FD}, {"verbose", 0, 0, 'v'},         {"version", 0, 0, O_VERSION}, {"help", 0, 0, O_HELP},
 		{0, 0, 0, 0}};
@@ -415,6 +415,14 @@ static void parse_cli(int argc, char **argv, struct cli *o)
 			break;
 		case O_TAP_FD:
 			o->tap.peer_fd = parse_fd(optarg);
+			o->tap_given = true;
+			break;
+		case O_TAP_LISTEN:
+			if (strncmp(optarg, "unix:", 5) != 0 || !optarg[5]) {
+				logmsg("--tap-listen takes unix:PATH");
+				usage(2);
+			}
+			o->tap.listen_path = optarg + 5;
 			o->tap_given = true;
 			break;
 		case O_TAP_NAME:
@@ -613,6 +621,7 @@ int main(int argc, char **argv)
 				break;
 			case EV_TAP:
 			case EV_TAP_PEER:
+			case EV_TAP_LISTEN:
 				tap_on_event(e, evs[i].events);
 				break;
 			}

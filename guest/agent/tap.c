@@ -12,6 +12,16 @@
  * peer -> TAP: read big chunks, write every complete frame to the TAP (a TAP
  * takes exactly one frame per write), carry a partial frame to the next read.
  * A length outside 14..65535 is a framing error: the relay is dropped.
+ *
+ * Peers: `--tap-fd N` relays to one inherited socket; when it ends, the relay
+ * ends. `--tap-listen unix:PATH` makes the host connect to us instead (so it
+ * can read with a reusable buffer, and reconnect): the TAP outlives any one
+ * connection, a new connection replaces the current one, and while nobody is
+ * connected the TAP is not read (the kernel queues, then drops).
+ *
+ * The relay socket's send buffer is raised to RELAY_SNDBUF: at the default
+ * (~200 KiB) only three 64 KiB frames fit in flight, and the guest's TCP stalls
+ * on the relay rather than on the NAT.
  */
 #include "agent.h"
 
@@ -21,6 +31,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define TUNSETIFF_ _IOW('T', 202, int)
@@ -32,27 +45,61 @@
 #define BATCH_CAP (256u << 10)
 #define BATCH_FRAMES 64
 #define PEER_READ (256u << 10)
+#define RELAY_SNDBUF (4 << 20)
 
 static struct {
-	struct ev tap_ev, peer_ev;
-	int tap_fd, peer_fd;
-	uint32_t tap_armed, peer_armed;
+	struct ev tap_ev, peer_ev, listen_ev;
+	int tap_fd, peer_fd, listen_fd;
+	uint32_t tap_armed, peer_armed, listen_armed;
 	struct buf to_peer, from_peer;
 	bool tap_blocked; /* a frame from the peer waits for the TAP to take it */
-} R = {.tap_fd = -1, .peer_fd = -1};
+} R = {.tap_fd = -1, .peer_fd = -1, .listen_fd = -1};
 
 static void relay_interest(void)
 {
 	if (R.tap_fd < 0)
 		return;
+	if (R.peer_fd < 0) {
+		/* Listening with nobody connected: leave frames in the TAP queue. */
+		ev_ctl(R.tap_fd, &R.tap_ev, 0, &R.tap_armed);
+		return;
+	}
 	uint32_t tw = (R.to_peer.len < BATCH_CAP ? EPOLLIN : 0) | (R.tap_blocked ? EPOLLOUT : 0);
 	uint32_t pw = (R.tap_blocked ? 0 : EPOLLIN) | (R.to_peer.len ? EPOLLOUT : 0);
 	ev_ctl(R.tap_fd, &R.tap_ev, tw, &R.tap_armed);
 	ev_ctl(R.peer_fd, &R.peer_ev, pw, &R.peer_armed);
 }
 
+static void grow_sndbuf(int fd)
+{
+	int v = RELAY_SNDBUF;
+	/* SO_SNDBUFFORCE (root) ignores wmem_max; fall back to what the limit allows. */
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v)) < 0)
+		(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+}
+
+/* Drops the current peer; with a listener the relay waits for the next one. */
+static void peer_drop(void)
+{
+	ev_del(R.peer_fd, &R.peer_armed);
+	close(R.peer_fd);
+	R.peer_fd = -1;
+	R.peer_ev.dead = 1;
+	R.to_peer.len = 0;
+	R.to_peer.off = 0;
+	R.from_peer.len = 0;
+	R.from_peer.off = 0;
+	R.tap_blocked = false;
+}
+
 static void relay_stop(const char *why)
 {
+	if (R.listen_fd >= 0) {
+		logmsg("tap relay peer gone: %s", why);
+		peer_drop();
+		relay_interest();
+		return;
+	}
 	logmsg("tap relay stopped: %s", why);
 	ev_del(R.tap_fd, &R.tap_armed);
 	ev_del(R.peer_fd, &R.peer_armed);
@@ -142,11 +189,30 @@ static void peer_readable(void)
 	drain_to_tap();
 }
 
+static void accept_peer(void)
+{
+	for (;;) {
+		int fd = accept4(R.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			return; /* EAGAIN, or a transient error: the listener stays armed */
+		if (R.peer_fd >= 0)
+			peer_drop(); /* the newest host wins: it is the one reconnecting */
+		grow_sndbuf(fd);
+		R.peer_fd = fd;
+		R.peer_ev = (struct ev){EV_TAP_PEER, 0};
+		R.peer_armed = 0;
+	}
+}
+
 void tap_on_event(struct ev *e, uint32_t events)
 {
 	if (e->dead || R.tap_fd < 0)
 		return;
-	if (e == &R.tap_ev) {
+	if (e == &R.listen_ev) {
+		accept_peer();
+	} else if (R.peer_fd < 0) {
+		/* An event for a peer that was just dropped. */
+	} else if (e == &R.tap_ev) {
 		if ((events & EPOLLOUT) && !drain_to_tap())
 			return;
 		if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
@@ -160,6 +226,31 @@ void tap_on_event(struct ev *e, uint32_t events)
 			relay_stop("peer hung up");
 	}
 	relay_interest();
+}
+
+/* A listening Unix socket for --tap-listen (a stale socket file is replaced). */
+static int tap_listen(const char *path)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		logmsg("tap socket path too long: %s", path);
+		return -1;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	strcpy(sa.sun_path, path);
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+		unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
+		logmsg("tap listen %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
 }
 
 int tap_start(const struct tap_config *cfg)
@@ -191,11 +282,23 @@ int tap_start(const struct tap_config *cfg)
 		return -1;
 	}
 	R.tap_fd = fd;
-	R.peer_fd = cfg->peer_fd;
 	R.tap_ev = (struct ev){EV_TAP, 0};
 	R.peer_ev = (struct ev){EV_TAP_PEER, 0};
-	set_nonblock(R.peer_fd);
-	set_cloexec(R.peer_fd);
+	if (cfg->listen_path) {
+		R.listen_fd = tap_listen(cfg->listen_path);
+		if (R.listen_fd < 0) {
+			close(fd);
+			R.tap_fd = -1;
+			return -1;
+		}
+		R.listen_ev = (struct ev){EV_TAP_LISTEN, 0};
+		ev_ctl(R.listen_fd, &R.listen_ev, EPOLLIN, &R.listen_armed);
+	} else {
+		R.peer_fd = cfg->peer_fd;
+		set_nonblock(R.peer_fd);
+		set_cloexec(R.peer_fd);
+		grow_sndbuf(R.peer_fd);
+	}
 	A.tap_active = true;
 	relay_interest();
 	return 0;

@@ -42,7 +42,9 @@ export async function startNetHarness(
     net,
     async guest(o = {}) {
       const sandbox = o.sandbox ?? nextSandbox++;
-      const config = resolveNetConfig(o);
+      // Never the machine's own resolver: a guest that looks something up without a test
+      // DNS server gets SERVFAIL from a loopback port nobody answers on.
+      const config = resolveNetConfig({ dnsUpstream: '127.0.0.1:9', ...o });
       const dir = mkdtempSync(join(tmpdir(), 'actorvm-netns-'));
       const sock = join(dir, 'agent.sock');
       const ip = (n: number) => `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
@@ -58,8 +60,8 @@ export async function startNetHarness(
             '--net',
             '--',
             agentBinaryPath(),
-            '--tap-fd',
-            '3',
+            '--tap-listen',
+            `unix:${join(dir, 'tap.sock')}`,
             '--tap-ip',
             `${ip(config.guestIp)}/${config.prefix}`,
             '--tap-gw',
@@ -72,6 +74,7 @@ export async function startNetHarness(
             '4',
           ],
           readyFd: 4,
+          connectPath: join(dir, 'tap.sock'),
         },
       });
       await net.attach(sandbox, link.address, config);

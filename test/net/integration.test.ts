@@ -60,13 +60,17 @@ function startDaemon(argv: string[], ready: RegExp): Promise<ChildProcess> {
 describe('network with a real guest kernel', () => {
   it('lets busybox wget reach a host server when allowed, and refuses it otherwise', async () => {
     const allowed = await h.guest({ allowHostLoopback: true });
-    const ok = await allowed.agent.exec({ argv: ['busybox', 'wget', '-qO-', `http://10.0.2.2:${webPort}/allowed`] });
+    const ok = await allowed.agent.exec({
+      argv: ['busybox', 'wget', '-qO-', `http://10.0.2.2:${webPort}/allowed`],
+    });
     expect(ok.exitCode).toBe(0);
     expect(text(ok.stdout)).toBe('host says hi to /allowed');
     await allowed.stop();
 
     const denied = await h.guest();
-    const no = await denied.agent.exec({ argv: ['busybox', 'wget', '-qO-', `http://10.0.2.2:${webPort}/denied`] });
+    const no = await denied.agent.exec({
+      argv: ['busybox', 'wget', '-qO-', `http://10.0.2.2:${webPort}/denied`],
+    });
     expect(no.exitCode).not.toBe(0);
     expect(text(no.stderr)).toMatch(/refused/i);
     const stats = await h.net.stats();
@@ -76,12 +80,27 @@ describe('network with a real guest kernel', () => {
 
   it('completes iperf3 both ways', async () => {
     const port = await freePort();
-    const server = await startDaemon(['iperf3', '-s', '--forceflush', '-B', '127.0.0.1', '-p', String(port)], /listening/i);
+    const server = await startDaemon(
+      ['iperf3', '-s', '--forceflush', '-B', '127.0.0.1', '-p', String(port)],
+      /listening/i,
+    );
     try {
       const g = await h.guest({ allowHostLoopback: true });
       for (const reverse of [false, true]) {
         const r = await g.agent.exec(
-          { argv: ['iperf3', '-c', '10.0.2.2', '-p', String(port), '-t', '2', '-J', ...(reverse ? ['-R'] : [])] },
+          {
+            argv: [
+              'iperf3',
+              '-c',
+              '10.0.2.2',
+              '-p',
+              String(port),
+              '-t',
+              '2',
+              '-J',
+              ...(reverse ? ['-R'] : []),
+            ],
+          },
           { timeoutMs: 60_000 },
         );
         const report = JSON.parse(r.stdout.toString());
@@ -114,11 +133,16 @@ describe('network with a real guest kernel', () => {
       /started/,
     );
     let queries = 0;
-    dnsmasq.stderr!.on('data', (d: Buffer) => (queries += (d.toString().match(/query\[A\] sandbox\.test/g) ?? []).length));
+    dnsmasq.stderr!.on(
+      'data',
+      (d: Buffer) => (queries += (d.toString().match(/query\[A\] sandbox\.test/g) ?? []).length),
+    );
     try {
       const g = await h.guest({ dnsUpstream: `127.0.0.1:${port}` });
       for (let i = 0; i < 3; i++) {
-        const r = await g.agent.exec({ argv: ['busybox', 'nslookup', '-type=a', 'sandbox.test', '10.0.2.3'] });
+        const r = await g.agent.exec({
+          argv: ['busybox', 'nslookup', '-type=a', 'sandbox.test', '10.0.2.3'],
+        });
         expect(r.exitCode).toBe(0);
         expect(r.stdout.toString()).toContain('192.0.2.77');
       }
@@ -198,7 +222,10 @@ describe('network with a real guest kernel', () => {
     const [opened, refused] = text(r.stdout).split(' ').map(Number);
     expect(opened).toBe(64);
     expect(refused).toBe(3000 - 64);
-    const refusals = (await h.net.stats()).reduce((n, s) => n + ((s.refusals as Record<string, number>).flow_cap ?? 0), 0);
+    const refusals = (await h.net.stats()).reduce(
+      (n, s) => n + ((s.refusals as Record<string, number>).flow_cap ?? 0),
+      0,
+    );
     expect(refusals).toBeGreaterThanOrEqual(3000 - 64);
     expect(process.memoryUsage().rss - before).toBeLessThan(64 << 20);
     for (const c of holders) c.destroy();

@@ -63,7 +63,9 @@ describe('shard under random input (property)', () => {
     const mutated = fc
       .record({
         seed: fc.constantFrom(...seeds),
-        flips: fc.array(fc.record({ at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), { maxLength: 12 }),
+        flips: fc.array(fc.record({ at: fc.nat(), value: fc.integer({ min: 0, max: 255 }) }), {
+          maxLength: 12,
+        }),
         cut: fc.option(fc.nat()),
         tail: fc.uint8Array({ maxLength: 64 }),
         fix: fc.boolean(),
@@ -98,7 +100,10 @@ describe('guest-facing side under random input (property)', () => {
   it('never throws on random frames and drops the stream on an impossible length', () => {
     const log = pino({ level: 'silent' });
     const told: Uint8Array[] = [];
-    const shard = { tell: (m: { packet: Uint8Array }) => told.push(m.packet.slice()) > 0, writable: async () => {} };
+    const shard = {
+      tell: (m: { packet: Uint8Array }) => told.push(m.packet.slice()) > 0,
+      writable: async () => {},
+    };
     fc.assert(
       fc.property(fc.array(fc.uint8Array({ minLength: 14, maxLength: 300 }), { maxLength: 20 }), (frames) => {
         const g = new GuestNetwork(1, resolveNetConfig(), [shard as never], newFlowHashKey(), log);

@@ -12,12 +12,12 @@
 import dgram from 'node:dgram';
 import type net from 'node:net';
 import { ipToString } from '../../protocol/net/addr.js';
+import { finish, pseudoHeaderSum, sum16 } from '../../protocol/net/checksum.js';
 import { ICMP_ECHO_REQUEST, newIcmpView, parseIcmp } from '../../protocol/net/icmp.js';
 import { IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, newIpv4View, parseIpv4 } from '../../protocol/net/ipv4.js';
 import { ACK, newTcpView, parseTcp, RST, SYN, seqAdd } from '../../protocol/net/tcp.js';
 import { newUdpView, parseUdp } from '../../protocol/net/udp.js';
 import { type Actor, type ActorContext, defineActor, type Reply } from '../../runtime/actor.js';
-import { BufferPool } from './buffer-pool.js';
 import type { NetConfig } from './config.js';
 import { ShardCounters } from './counters.js';
 import { DnsProxy } from './dns-proxy.js';
@@ -25,6 +25,7 @@ import { type FlowHashKey, flowHash } from './flow-hash.js';
 import { FlowTable } from './flow-table.js';
 import { IcmpProxy } from './icmp-proxy.js';
 import { GuestLinkMessages, type ShardMessage, ShardMessages, ShardReplies } from './messages.js';
+import { PayloadArena } from './payload-arena.js';
 import { checkEgress } from './policy.js';
 import { PortForwards } from './port-forwards.js';
 import { SandboxNet } from './sandbox-net.js';
@@ -43,12 +44,15 @@ type Flow = TcpFlow | UdpFlow;
 const peerKeys = new WeakMap<UdpFlow, string>();
 
 const EPHEMERAL_LO = 32768;
+/** Payloads this big go through an arena block (copy once, verify in place); smaller ones are summed directly. */
+const ARENA_MIN = 512;
 const EPHEMERAL_SPAN = 28232;
 
 class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
   readonly counters = new ShardCounters();
   readonly builder = new TcpFrameBuilder();
-  readonly writeBuffers = new BufferPool(65536, 256);
+  /** 32 MiB of payload blocks (see payload-arena.ts). */
+  readonly arena = new PayloadArena(512);
   readonly log;
   readonly debug: boolean;
   private readonly sandboxes = new Map<number, SandboxNet>();
@@ -199,6 +203,22 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       return;
     }
     c.drop('protocol');
+  }
+
+  /**
+   * Verifies the TCP checksum of the segment in `this.ip`/`this.tcp`. With an
+   * arena block the payload is first copied there (the one copy out of the
+   * ring it needs anyway) and summed in place.
+   */
+  private tcpChecksumOk(pkt: Uint8Array, block: number): boolean {
+    const ip = this.ip;
+    const t = this.tcp;
+    const pseudo = pseudoHeaderSum(ip.src, ip.dst, IPPROTO_TCP, ip.payloadLen);
+    if (block < 0) return finish(sum16(pkt, ip.payloadOff, ip.payloadLen, pseudo)) === 0;
+    this.arena.view(block).set(pkt.subarray(t.payloadOff, t.payloadOff + t.payloadLen));
+    // The header is a whole number of 32-bit words, so the payload starts at an even position.
+    const header = sum16(pkt, ip.payloadOff, t.payloadOff - ip.payloadOff, pseudo);
+    return finish(header + this.arena.sum(block, 0, t.payloadLen)) === 0;
   }
 
   /** Gate for every new outbound flow: policy, rate, cap. Returns the host IP or undefined (refused). */

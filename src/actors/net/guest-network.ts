@@ -12,6 +12,7 @@
  * with their length prefixes — the guest's MAC written in on the way — and
  * the batch is written to the stream once per turn of the event loop.
  */
+import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { macToString, parseMac } from '../../protocol/net/addr.js';
@@ -43,6 +44,8 @@ import type { ShardMessage } from './messages.js';
 /** Bytes we let queue toward a guest that does not read before dropping frames. */
 const GUEST_BACKLOG_LIMIT = 32 << 20;
 const BATCH_BYTES = 512 * 1024;
+/** Reusable read buffer of a connected frame stream: many 64 KiB frames per read. */
+const READ_BUFFER = 1 << 20;
 
 export interface GuestNetworkStats {
   sandbox: number;
@@ -91,22 +94,58 @@ export class GuestNetwork {
     this.batch = Buffer.allocUnsafe(BATCH_BYTES);
   }
 
-  /** Starts relaying the guest's frame stream. A framing error drops the stream. */
+  /** Starts relaying a frame stream we were handed (e.g. a child's stdio socket). */
   attachStream(stream: Duplex): void {
-    this.stream = stream;
-    stream.on('data', (chunk: Buffer) => {
-      try {
-        this.decoder.push(chunk);
-      } catch (err) {
-        if (!(err instanceof FramingError)) throw err;
-        this.drop('framing');
-        this.log.warn(
-          { event: 'net.framing_error', sandbox: this.sandbox, err },
-          'bad frame length; stream dropped',
-        );
-        stream.destroy();
-      }
+    stream.on('data', (chunk: Buffer) => this.onChunk(chunk, stream));
+    this.adopt(stream);
+  }
+
+  /**
+   * Connects to a frame stream served on a Unix socket (QEMU's `-netdev
+   * stream,server=on`, the agent's `--tap-listen`). A socket we connect can
+   * read into one reusable buffer (`onread`): no allocation per read, and
+   * reads big enough that a 64 KiB frame is rarely split — the guest-side
+   * receive path then costs one copy per frame, into the ring.
+   */
+  connect(path: string): Promise<net.Socket> {
+    const buffer = Buffer.allocUnsafe(READ_BUFFER);
+    return new Promise((resolve, reject) => {
+      const socket: net.Socket = net.connect({
+        path,
+        onread: {
+          buffer,
+          callback: (n: number, buf: Uint8Array) => {
+            this.onChunk(buf.subarray(0, n), socket);
+            return true;
+          },
+        },
+      });
+      socket.once('error', reject);
+      socket.once('connect', () => {
+        socket.off('error', reject);
+        this.adopt(socket);
+        resolve(socket);
+      });
     });
+  }
+
+  /** One chunk of the stream. A framing error drops the stream. */
+  private onChunk(chunk: Uint8Array, stream: Duplex): void {
+    try {
+      this.decoder.push(chunk);
+    } catch (err) {
+      if (!(err instanceof FramingError)) throw err;
+      this.drop('framing');
+      this.log.warn(
+        { event: 'net.framing_error', sandbox: this.sandbox, err },
+        'bad frame length; stream dropped',
+      );
+      stream.destroy();
+    }
+  }
+
+  private adopt(stream: Duplex): void {
+    this.stream = stream;
     stream.on('error', (err) => this.log.debug({ event: 'net.stream_error', err }, 'guest stream error'));
     stream.on('close', () => {
       if (this.stream === stream) this.stream = undefined;

@@ -25,10 +25,12 @@ import { asBytes, guestLinkVariants } from './messages.js';
 
 export type LinkTransport =
   /**
-   * A process whose fd 3 carries the frames. With `readyFd`, the link is ready
-   * once the process writes a line to that fd (the agent's `--ready-fd`).
+   * A process whose fd 3 carries the frames — or, with `connectPath`, which
+   * serves them on that Unix socket (the agent's `--tap-listen`). With
+   * `readyFd`, the link is ready once the process writes a line to that fd
+   * (the agent's `--ready-fd`).
    */
-  | { kind: 'spawn'; argv: string[]; env?: Record<string, string>; readyFd?: number }
+  | { kind: 'spawn'; argv: string[]; env?: Record<string, string>; readyFd?: number; connectPath?: string }
   | { kind: 'connect'; path: string }
   | { kind: 'listen'; path: string };
 
@@ -67,16 +69,20 @@ class NetLink implements Actor<Message, string> {
   }
 
   private async start(args: NetLinkArgs): Promise<void> {
-    const stream = await this.openStream(args.transport);
-    this.net.attachStream(stream);
+    const t = args.transport;
+    if (t.kind === 'connect') await this.net.connect(t.path);
+    else if (t.kind === 'spawn' && t.connectPath) {
+      await this.openStream(t);
+      await this.net.connect(t.connectPath);
+    } else this.net.attachStream(await this.openStream(t));
     this.ctx.log.info({ event: 'net.link_ready', sandbox: args.sandbox }, 'guest link ready');
   }
 
   private openStream(t: LinkTransport): Promise<Duplex> {
     if (t.kind === 'spawn') {
-      const extra = t.readyFd ? Array<'pipe'>(t.readyFd - 3).fill('pipe') : [];
+      const extra = t.readyFd ? Array<'pipe' | 'ignore'>(t.readyFd - 3).fill('pipe') : [];
       const child = spawn(t.argv[0], t.argv.slice(1), {
-        stdio: ['ignore', 'inherit', 'inherit', 'pipe', ...extra],
+        stdio: ['ignore', 'inherit', 'inherit', t.connectPath ? 'ignore' : 'pipe', ...extra],
         env: { ...process.env, ...t.env },
       });
       this.child = child;
@@ -95,13 +101,7 @@ class NetLink implements Actor<Message, string> {
       });
       return Promise.race([ready, exited]);
     }
-    if (t.kind === 'connect') {
-      return new Promise((resolve, reject) => {
-        const s = net.connect(t.path);
-        s.once('connect', () => resolve(s));
-        s.once('error', reject);
-      });
-    }
+    if (t.kind === 'connect') throw new Error('connect transports are opened by GuestNetwork.connect');
     return new Promise((resolve, reject) => {
       const server = net.createServer((s) => {
         server.close();

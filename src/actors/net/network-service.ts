@@ -10,9 +10,9 @@ import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { ActorSystem } from '../../runtime/actor-system.js';
 import type { ControlServer } from '../../runtime/control-server.js';
 import { eligibleWorkers } from '../../runtime/placement.js';
+import type { NetConfig } from './config.js';
 import { type FlowHashKey, flowHash, newFlowHashKey } from './flow-hash.js';
 import FlowShard from './flow-shard.js';
-import type { NetConfig } from './config.js';
 import type { ShardMessage } from './messages.js';
 import type { ForwardRule } from './port-forwards.js';
 
@@ -113,7 +113,10 @@ export class NetworkService {
       }
       this.system.log.info({ event: 'net.shard_replayed', shard: shard.name }, 'restarted shard re-attached');
     } catch (err) {
-      this.system.log.error({ event: 'net.shard_replay_failed', shard: shard.name, err }, 'could not re-attach shard');
+      this.system.log.error(
+        { event: 'net.shard_replay_failed', shard: shard.name, err },
+        'could not re-attach shard',
+      );
     }
   }
 
@@ -170,7 +173,9 @@ export class NetworkService {
 
   async flows(sandbox = 0): Promise<FlowRow[]> {
     const lists = await Promise.all(this.shards.map((s) => s.ask({ type: 'flows', sandbox })));
-    return lists.flatMap((l, shard) => (JSON.parse(l) as Omit<FlowRow, 'shard'>[]).map((f) => ({ shard, ...f })));
+    return lists.flatMap((l, shard) =>
+      (JSON.parse(l) as Omit<FlowRow, 'shard'>[]).map((f) => ({ shard, ...f })),
+    );
   }
 
   async stats(): Promise<Record<string, unknown>[]> {

@@ -45,6 +45,7 @@ import {
   ACK,
   FIN,
   finishTcpChecksum,
+  finishTcpChecksumWith,
   PSH,
   RST,
   SYN,
@@ -57,10 +58,10 @@ import {
   tcpFrameLength,
   writeTcpHeaders,
 } from '../../protocol/net/tcp.js';
-import type { BufferPool } from './buffer-pool.js';
 import type { ShardCounters } from './counters.js';
 import type { FlowKey } from './flow-table.js';
 import type { FrameBuilder } from './messages.js';
+import type { PayloadArena } from './payload-arena.js';
 import type { GuestPathWaiter, SandboxNet } from './sandbox-net.js';
 import { SendQueue } from './send-queue.js';
 
@@ -94,8 +95,8 @@ export interface TcpEnv {
   readonly debug: boolean;
   /** The shard's reusable builder for frames toward the guest. */
   readonly builder: TcpFrameBuilder;
-  /** Recycled buffers for writes to host sockets. */
-  readonly writeBuffers: BufferPool;
+  /** Payload blocks: guest→host payloads arrive in them, host sockets read into them. */
+  readonly arena: PayloadArena;
   removeTcp(flow: TcpFlow, reason: string): void;
 }
 
@@ -132,8 +133,16 @@ export class TcpFrameBuilder implements FrameBuilder {
 
   write(buf: Uint8Array, off: number): void {
     const p = writeTcpHeaders(buf, off, this.dstMac, this.srcMac, this.seg, this.plen);
-    if (this.plen > 0) this.queue!.copyOut(this.from, this.plen, buf, p);
-    finishTcpChecksum(buf, off, this.seg, this.plen);
+    if (this.plen === 0) {
+      finishTcpChecksum(buf, off, this.seg, 0);
+      return;
+    }
+    // Sum the payload where it lies (in place in arena blocks), then copy it
+    // into the ring: the ring bytes are written once and never read back.
+    const q = this.queue!;
+    const sum = q.sum(this.from, this.plen);
+    q.copyOut(this.from, this.plen, buf, p);
+    finishTcpChecksumWith(buf, off, this.seg, this.plen, sum);
   }
 }
 
@@ -165,7 +174,11 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
   private guestMss = 536;
   private guestWscale = 0;
   private ourShift = 0;
-  private readonly queue = new SendQueue();
+  private readonly queue: SendQueue;
+  /** The arena block armed for the host socket's next read (onread), or -1. */
+  private armed = -1;
+  /** The verified guest payload block handed to the current onSegment call, or -1. */
+  private segmentBlock = -1;
   private paused = false;
   private hostEof = false;
   private finSeq = -1;
@@ -202,6 +215,7 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
     this.sndMax = this.iss;
     this.state = direction === 'out' ? 'connecting' : 'syn_sent';
     this.lastActivity = Date.now();
+    this.queue = new SendQueue(env.arena);
   }
 
   get sandbox(): number {
@@ -214,11 +228,22 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
   connect(syn: TcpView): void {
     this.rcvNxt = seqAdd(syn.seq, 1);
     this.takeSynOptions(syn, true);
+    // Reads land in arena blocks (onread): no allocation per read, and the
+    // host→guest checksum is computed in place.
     const socket = net.connect({
       host: this.hostIp,
       port: this.hostPort,
       allowHalfOpen: true,
       noDelay: true,
+      onread: {
+        buffer: () => this.armReadBuffer(),
+        callback: (n: number, buf: Uint8Array) => {
+          const block = this.armed;
+          this.armed = -1;
+          this.onHostData(buf.subarray(0, n), block);
+          return true;
+        },
+      },
     });
     this.socket = socket;
     this.connectTimer = setTimeout(() => {
@@ -256,9 +281,16 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
     this.sndWnd = t.window << this.guestWscale;
   }
 
+  private armReadBuffer(): Uint8Array {
+    const arena = this.env.arena;
+    this.armed = arena.alloc();
+    return this.armed >= 0 ? arena.view(this.armed) : Buffer.allocUnsafe(65536);
+  }
+
   private wireSocket(socket: net.Socket): void {
     socket.setKeepAlive(true, this.sb.config.tcpKeepaliveMs);
-    socket.on('data', (b: Buffer) => this.onHostData(b));
+    // Accepted (inbound) sockets cannot read into our buffers: plain 'data' events.
+    if (this.direction === 'in') socket.on('data', (b: Buffer) => this.onHostData(b, -1));
     socket.on('end', () => this.onHostEnd());
     socket.on('drain', () => this.onHostDrain());
     socket.on('close', () => this.onSocketClose());
@@ -267,8 +299,22 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
 
   // ---- guest segments ---------------------------------------------------------
 
-  /** A segment from the guest for this flow. `pkt` holds the IP packet (a ring view). */
-  onSegment(t: TcpView, pkt: Uint8Array): void {
+  /**
+   * A segment from the guest for this flow. `pkt` holds the IP packet (a ring
+   * view). `block`, when ≥ 0, is an arena block already holding the verified
+   * payload: this call owns it (the host write takes it, or it is released).
+   */
+  onSegment(t: TcpView, pkt: Uint8Array, block = -1): void {
+    this.segmentBlock = block;
+    try {
+      this.handleSegment(t, pkt);
+    } finally {
+      if (this.segmentBlock >= 0) this.env.arena.release(this.segmentBlock);
+      this.segmentBlock = -1;
+    }
+  }
+
+  private handleSegment(t: TcpView, pkt: Uint8Array): void {
     this.lastActivity = Date.now();
     const flags = t.flags;
     if (flags & RST) {
@@ -389,11 +435,19 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
         return;
       }
       const take = len - already;
-      // Copy out of the ring: the socket may hold the buffer after write() returns.
-      const pool = this.env.writeBuffers;
-      const buf = pool.take(take);
-      buf.set(pkt.subarray(t.payloadOff + already, t.payloadOff + len));
-      this.socket?.write(take === buf.length ? buf : buf.subarray(0, take), () => pool.give(buf));
+      const block = this.segmentBlock;
+      if (block >= 0) {
+        // The payload was copied out of the ring into this block (and verified
+        // there); the socket writes from it and gives it back when done.
+        this.segmentBlock = -1;
+        const arena = this.env.arena;
+        const view = arena.view(block);
+        if (this.socket) this.socket.write(view.subarray(already, len), () => arena.release(block));
+        else arena.release(block);
+      } else {
+        // Copy out of the ring: the socket may hold the buffer after write() returns.
+        this.socket?.write(Buffer.from(pkt.subarray(t.payloadOff + already, t.payloadOff + len)));
+      }
       this.rcvNxt = seqAdd(this.rcvNxt, take);
       this.bytesToHost += take;
     }
@@ -410,9 +464,9 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
 
   // ---- host socket --------------------------------------------------------------
 
-  private onHostData(b: Buffer): void {
+  private onHostData(b: Uint8Array, block: number): void {
     this.lastActivity = Date.now();
-    this.queue.push(b);
+    this.queue.push(b, block);
     if (!this.paused && this.queue.length >= this.queueLimit()) {
       this.paused = true;
       this.socket?.pause();
@@ -691,6 +745,8 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
     clearTimeout(this.connectTimer);
     this.sb.forget(this);
     this.queue.clear();
+    this.env.arena.release(this.armed);
+    this.armed = -1;
     if (this.socket && !this.socket.destroyed) this.socket.destroy();
     this.env.removeTcp(this, reason);
   }

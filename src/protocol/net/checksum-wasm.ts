@@ -153,8 +153,9 @@ function moduleBytes(): Uint8Array {
 }
 
 export interface WasmChecksum {
-  /** Sum of mem[0 .. len) where len is a multiple of 16. */
+  /** Folded sum of the little-endian words of mem[off .. off+len); len a multiple of 16. */
   sum(off: number, len: number): number;
+  /** The kernel's memory (a plain, non-shared ArrayBuffer). */
   mem: Uint8Array;
 }
 
@@ -162,17 +163,24 @@ export interface WasmChecksum {
 interface WasmApi {
   validate(bytes: Uint8Array): boolean;
   Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object) => { exports: { sum: WasmChecksum['sum']; mem: { buffer: ArrayBuffer } } };
+  Instance: new (
+    module: object,
+  ) => { exports: { sum: WasmChecksum['sum']; mem: { buffer: ArrayBuffer; grow(pages: number): number } } };
 }
 
-/** Instantiates the kernel, or returns undefined where WebAssembly SIMD is unavailable. */
-export function loadWasmChecksum(): WasmChecksum | undefined {
+/**
+ * Instantiates the kernel with `pages` of memory (at least WASM_PAGES), or
+ * returns undefined where WebAssembly SIMD is unavailable. Each instance has
+ * its own memory, grown once here and never again (views stay valid).
+ */
+export function loadWasmChecksum(pages = WASM_PAGES): WasmChecksum | undefined {
   const wa = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
   if (!wa) return undefined;
   try {
     const bytes = moduleBytes();
     if (!wa.validate(bytes)) return undefined;
     const { exports } = new wa.Instance(new wa.Module(bytes));
+    if (pages > WASM_PAGES) exports.mem.grow(pages - WASM_PAGES);
     return { sum: exports.sum, mem: new Uint8Array(exports.mem.buffer) };
   } catch {
     return undefined;

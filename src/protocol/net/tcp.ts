@@ -192,6 +192,28 @@ export function finishTcpChecksum(buf: Uint8Array, frameOff: number, seg: TcpSeg
   buf[t + 17] = ck & 0xff;
 }
 
+/**
+ * Like `finishTcpChecksum`, with the payload's partial sum supplied by the
+ * caller (computed from where the payload came from): only the header is
+ * summed here.
+ */
+export function finishTcpChecksumWith(
+  buf: Uint8Array,
+  frameOff: number,
+  seg: TcpSegment,
+  plen: number,
+  payloadSum: number,
+): void {
+  const t = frameOff + ETH_HEADER + IPV4_HEADER;
+  const hlen = TCP_HEADER + optionsLength(seg);
+  const tcpLen = hlen + plen;
+  const ck = finish(
+    sum16(buf, t, hlen, pseudoHeaderSum(seg.srcIp, seg.dstIp, IPPROTO_TCP, tcpLen) + payloadSum),
+  );
+  buf[t + 16] = ck >>> 8;
+  buf[t + 17] = ck & 0xff;
+}
+
 /** A whole frame in one go (control segments and tests). Returns the frame length. */
 export function writeTcpFrame(
   buf: Uint8Array,
