@@ -186,7 +186,7 @@ describe('shard supervision', () => {
 
     proc.stdin!.write('round\n');
     const results = (await nextLine()).split(' ');
-    results.forEach((r, i) => expect(r).toBe(shardOf[i] === 0 ? 'reset' : 'ok'));
+    for (const [i, r] of results.entries()) expect(r).toBe(shardOf[i] === 0 ? 'reset' : 'ok');
     // The restarted shard knows the sandbox again: new connections work everywhere.
     const after = await g.agent.exec({
       argv: [

@@ -142,7 +142,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
     const verify = sb.config.verifyChecksums;
     if (ip.proto === IPPROTO_TCP) {
       const t = this.tcp;
-      const e = parseTcp(pkt, ip.payloadOff, ip.payloadLen, ip.src, ip.dst, verify, t);
+      const e = parseTcp(pkt, ip.payloadOff, ip.payloadLen, ip.src, ip.dst, false, t);
       if (e) {
         c.drop(e);
         return;
@@ -151,7 +151,16 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       const flow = this.table.get(hash, sandbox, IPPROTO_TCP, ip.src, t.srcPort, ip.dst, t.dstPort) as
         | TcpFlow
         | undefined;
-      if (flow) flow.onSegment(t, pkt);
+      let block = -1;
+      if (verify) {
+        block = flow && t.payloadLen >= ARENA_MIN ? this.arena.alloc() : -1;
+        if (!this.tcpChecksumOk(pkt, block)) {
+          this.arena.release(block);
+          c.drop('tcp_checksum');
+          return;
+        }
+      }
+      if (flow) flow.onSegment(t, pkt, block);
       else if ((t.flags & (SYN | ACK | RST)) === SYN) this.openTcp(sb, hash, ip.src, ip.dst);
       else if (!(t.flags & RST)) this.rstNoFlow(sb, ip.src, ip.dst);
       return;
