@@ -499,6 +499,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       else f.close('sandbox_detached');
     }
     this.dns.forget(sb);
+    this.icmp.forget(sb);
     this.sandboxes.delete(sandbox);
     this.log.info({ event: 'net.sandbox_detached', sandbox }, 'sandbox detached');
   }
