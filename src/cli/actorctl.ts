@@ -5,7 +5,9 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerDemoCommand } from './commands/demo.js';
+import { registerImageCommands } from './commands/image.js';
 import { registerNetCommands } from './commands/net.js';
+import { registerSandboxCommands } from './commands/sandbox.js';
 import { registerSystemCommands } from './commands/system.js';
 
 export function buildProgram(): Command {
@@ -16,6 +18,8 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerSystemCommands(program);
   registerNetCommands(program);
+  registerSandboxCommands(program);
+  registerImageCommands(program);
   registerDemoCommand(program);
   return program;
 }

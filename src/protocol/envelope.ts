@@ -61,7 +61,11 @@ export function readEnvelope(dv: DataView, off: number, len: number, out: Envelo
   return out;
 }
 
-/** Body of REPLY_ERROR: enough to rebuild a typed error on the asking side. */
-export const ReplyErrorBody: Codec<{ code: string; message: string }> = struct({ code: str, message: str });
+/** Body of REPLY_ERROR: enough to rebuild a typed error on the asking side (details as JSON, may be ''). */
+export const ReplyErrorBody: Codec<{ code: string; message: string; details: string }> = struct({
+  code: str,
+  message: str,
+  details: str,
+});
 
 export { Reader };

@@ -58,6 +58,15 @@ export interface HostStats {
   malformedRecords: number;
 }
 
+/** JSON of error details, or '' when they do not serialise (cycles, BigInt). */
+function safeJson(v: unknown): string {
+  try {
+    return JSON.stringify(v) ?? '';
+  } catch {
+    return '';
+  }
+}
+
 export class ActorHost implements Router {
   readonly thread: number;
   readonly transport: Transport;
@@ -190,7 +199,7 @@ export class ActorHost implements Router {
       if (env.kind === REPLY) p.resolve(decodeBuffer(p.replies, body));
       else {
         const e = decodeBuffer(ReplyErrorBody, body);
-        p.reject(new RemoteActorError(e.code, e.message));
+        p.reject(new RemoteActorError(e.code, e.message, e.details ? JSON.parse(e.details) : undefined));
       }
     } catch (err) {
       p.reject(err);
@@ -232,13 +241,15 @@ export class ActorHost implements Router {
       if (done) return;
       done = true;
       const code = (err as { code?: unknown })?.code;
+      const details = (err as { details?: unknown })?.details;
       const body = {
         code: typeof code === 'string' ? code : 'ERR_ACTOR_CRASHED',
         message: err instanceof Error ? err.message : String(err),
+        details: details === undefined ? '' : safeJson(details),
       };
-      if (fromThread === this.thread)
-        this.settleLocal(corr, false, new RemoteActorError(body.code, body.message));
-      else this.transport.send(fromThread, REPLY_ERROR, 0, cell.address.id, corr, ReplyErrorBody, body);
+      if (fromThread === this.thread) {
+        this.settleLocal(corr, false, new RemoteActorError(body.code, body.message, details as Record<string, unknown>));
+      } else this.transport.send(fromThread, REPLY_ERROR, 0, cell.address.id, corr, ReplyErrorBody, body);
     };
     return Object.assign(send, { error, expected: true });
   }
@@ -270,6 +281,7 @@ export class ActorHost implements Router {
         this.transport.send(mail.fromThread, REPLY_ERROR, 0, 0, mail.corr, ReplyErrorBody, {
           code: err.code,
           message: err.message,
+          details: '',
         });
     }
   }
@@ -418,7 +430,7 @@ export class ActorHost implements Router {
       thread: this.thread,
       self: new ActorRef(cell.address, cell.kind, this, id),
       log: cell.log,
-      ref: (address, kind) => new ActorRef(address, kind, this, id, countOut) as any,
+      ref: (address, codecs) => new ActorRef(address, codecs, this, id, countOut),
       fail: (err) => cell.crashFrom(incarnation, err),
     };
   }

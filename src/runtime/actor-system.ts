@@ -175,6 +175,25 @@ export class ActorSystem extends EventEmitter {
     return new ActorRef(address, kind, this.host);
   }
 
+  /**
+   * Spawns an actor on the main thread itself (placement does not apply).
+   * Nothing crosses a thread, so `args` may hold live objects (callbacks,
+   * registries): this is how the public API receives messages from actors.
+   */
+  async spawnLocal<K extends ActorKind<any, any, any>>(
+    kind: K,
+    args: ArgsOf<K>,
+    opts: { name?: string } = {},
+  ): Promise<ActorRef<MessageOf<K>, ReplyOf<K>>> {
+    if (this.state !== 'running') throw new SystemStoppedError();
+    const id = this.nextId++;
+    const name = opts.name ?? `${kind.name}-${id}`;
+    const address: ActorAddress = { id, name, kind: kind.name, thread: 0 };
+    this.registry.set(id, { address, module: kind.module });
+    await this.host.spawn({ id, name, module: kind.module, args });
+    return new ActorRef(address, kind, this.host);
+  }
+
   /** A ref to an existing actor. */
   ref<K extends ActorKind<any, any, any>>(
     address: ActorAddress,
@@ -196,8 +215,9 @@ export class ActorSystem extends EventEmitter {
   /** Stops one actor gracefully (its mailbox drains first). */
   async stop(target: ActorRef<any, any> | ActorAddress): Promise<boolean> {
     const address = target instanceof ActorRef ? target.address : target;
-    const slot = this.slots[address.thread - 1];
     this.registry.delete(address.id);
+    if (address.thread === 0) return this.host.stop(address.id);
+    const slot = this.slots[address.thread - 1];
     if (!slot?.alive) return false;
     return slot.api.stop(address.id);
   }
@@ -209,16 +229,17 @@ export class ActorSystem extends EventEmitter {
     return slot?.alive ? slot.api.injectFailure(address.id, message) : false;
   }
 
-  /** Every actor on every live worker (`actorctl ps`). */
+  /** Every actor on every live thread (`actorctl ps`). */
   async list(): Promise<ActorInfo[]> {
     const lists = await Promise.all(this.liveSlots().map((s) => s.api.list()));
-    return lists.flat().sort((a, b) => a.id - b.id);
+    return [...this.host.list(), ...lists.flat()].sort((a, b) => a.id - b.id);
   }
 
   /** One actor's immutable state snapshot (`actorctl inspect`), or undefined. */
   async inspect(idOrName: number | string): Promise<unknown> {
     const address = this.find(idOrName);
     if (!address) return undefined;
+    if (address.thread === 0) return this.host.inspect(address.id);
     const slot = this.slots[address.thread - 1];
     return slot?.alive ? slot.api.inspect(address.id) : undefined;
   }

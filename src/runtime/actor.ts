@@ -82,8 +82,14 @@ export interface ActorContext<M = unknown> {
   readonly self: ActorRef<M, unknown>;
   /** pino child logger bound to { actor, kind, worker }. */
   readonly log: Logger;
-  /** A typed ref to another actor, for sending from this actor (counts as this actor's output). */
-  ref<K extends ActorKind<any, any, any>>(address: ActorAddress, kind: K): ActorRef<MessageOf<K>, ReplyOf<K>>;
+  /**
+   * A typed ref to another actor, for sending from this actor (counts as this
+   * actor's output). `codecs` is the target's kind, or just its two codecs.
+   */
+  ref<M, R>(
+    address: ActorAddress,
+    codecs: { readonly messages: Codec<M>; readonly replies: Codec<R> },
+  ): ActorRef<M, R>;
   /**
    * Reports a failure that happened outside `receive` (a socket callback, a
    * timer): the actor crashes and its supervisor takes over, exactly as if

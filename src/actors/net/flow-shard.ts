@@ -90,7 +90,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         const config = JSON.parse(msg.config) as NetConfig;
         const link = this.ctx.ref(
           { id: msg.link.id, thread: msg.link.thread, name: msg.link.name, kind: 'guest-link' },
-          { messages: GuestLinkMessages, replies: ShardReplies } as never,
+          { messages: GuestLinkMessages, replies: ShardReplies },
         );
         this.sandboxes.set(
           msg.sandbox,

@@ -129,8 +129,15 @@ export class GuestNetwork {
     });
   }
 
-  /** One chunk of the stream. A framing error drops the stream. */
-  private onChunk(chunk: Uint8Array, stream: Duplex): void {
+  /**
+   * One chunk of the frame stream, for streams whose reads the caller
+   * receives itself (`onread`). A framing error drops the stream.
+   */
+  feed(chunk: Uint8Array): void {
+    this.onChunk(chunk, this.stream);
+  }
+
+  private onChunk(chunk: Uint8Array, stream: Duplex | undefined): void {
     try {
       this.decoder.push(chunk);
     } catch (err) {
@@ -140,11 +147,12 @@ export class GuestNetwork {
         { event: 'net.framing_error', sandbox: this.sandbox, err },
         'bad frame length; stream dropped',
       );
-      stream.destroy();
+      stream?.destroy();
     }
   }
 
-  private adopt(stream: Duplex): void {
+  /** Makes `stream` the way to the guest (its reads arrive through `feed`). */
+  adopt(stream: Duplex): void {
     this.stream = stream;
     stream.on('error', (err) => this.log.debug({ event: 'net.stream_error', err }, 'guest stream error'));
     stream.on('close', () => {

@@ -1,0 +1,334 @@
+/**
+ * One sandbox: its machine (a QEMU microVM or a namespace sandbox), its
+ * guest-facing network, and its agent.
+ *
+ * Lifecycle: booting → ready ⇄ busy → stopping → stopped, or → failed.
+ * Readiness is an event: the agent's handshake on its channel, bounded by the
+ * machine's liveness — if QEMU or the namespace init exits first, the boot
+ * fails at once with the console tail; the agent timeout is only a backstop.
+ * Every transition is a log line (`vm.<state>`) and a `state` message to the
+ * main thread's sink.
+ *
+ * Frames: the machine's frame stream is read here (into one reusable
+ * buffer) by the GuestNetwork, which talks to the flow shards over the rings.
+ *
+ * Supervision: a VM actor is not restarted (a new VM would not be the same
+ * sandbox). If it crashes, its stop hook tears the machine down and frees its
+ * resources, and the failure escalates to the runtime.
+ */
+import { mkdirSync } from 'node:fs';
+import type { AgentClient } from '../../agent/client.js';
+import { ActorvmError } from '../../errors.js';
+import type { BuiltImage } from '../../images/layout.js';
+import { empty, str } from '../../protocol/codec.js';
+import { ipToString } from '../../protocol/net/addr.js';
+import {
+  type Actor,
+  type ActorAddress,
+  type ActorContext,
+  defineActor,
+  type Reply,
+  type StopReason,
+} from '../../runtime/actor.js';
+import type { ActorRef } from '../../runtime/actor-ref.js';
+import type { NetConfig } from '../net/config.js';
+import type { FlowHashKey } from '../net/flow-hash.js';
+import FlowShard from '../net/flow-shard.js';
+import { GuestNetwork } from '../net/guest-network.js';
+import { asBytes } from '../net/messages.js';
+import type { Machine, MachineExit } from './backends/machine.js';
+import { startNamespaceMachine } from './backends/namespace.js';
+import { startQemuMachine } from './backends/qemu.js';
+import { GuestOps } from './guest-ops.js';
+import {
+  type ExecRequest,
+  type SinkMessage,
+  SinkMessages,
+  type VmInfo,
+  type VmMessage,
+  VmMessages,
+  type VmState,
+} from './messages.js';
+
+export interface VmArgs {
+  sandbox: number;
+  backend: 'qemu' | 'namespace';
+  accel?: 'auto' | 'kvm' | 'tcg';
+  image: BuiltImage;
+  memoryMiB: number;
+  cpus: number;
+  env?: Record<string, string>;
+  net: NetConfig;
+  mac: string;
+  hostname: string;
+  runDir: string;
+  shards: ActorAddress[];
+  hashKey: FlowHashKey;
+  /** The main thread's sink (operation output, state changes). */
+  sink: ActorAddress;
+  /** Backstop for the agent's handshake when the machine neither answers nor dies. */
+  agentTimeoutMs: number;
+}
+
+/** Reads of the frame stream land here; many 64 KiB frames per read. */
+const FRAME_READ_BUFFER = 1 << 20;
+
+class VmActor implements Actor<VmMessage, string> {
+  private state: VmState = 'booting';
+  private machine: Machine | undefined;
+  private agent: AgentClient | undefined;
+  private ops: GuestOps | undefined;
+  private readonly net: GuestNetwork;
+  private readonly sink: ActorRef<SinkMessage, void>;
+  private readonly waiting: Reply<string>[] = [];
+  private failure: ActorvmError | undefined;
+  private bootMs: number | undefined;
+  private readonly booted: Promise<void>;
+
+  constructor(
+    private readonly ctx: ActorContext<VmMessage>,
+    private readonly args: VmArgs,
+  ) {
+    const shards = args.shards.map((a) => ctx.ref(a, FlowShard));
+    this.net = new GuestNetwork(args.sandbox, args.net, shards, args.hashKey, ctx.log);
+    this.sink = ctx.ref(args.sink, { messages: SinkMessages, replies: empty });
+    this.booted = this.boot();
+  }
+
+  private async boot(): Promise<void> {
+    const a = this.args;
+    const started = performance.now();
+    this.transition('booting', `${a.backend} from image ${a.image.name ?? a.image.id}`);
+    try {
+      mkdirSync(a.runDir, { recursive: true, mode: 0o700 });
+      const readBuffer = Buffer.allocUnsafe(FRAME_READ_BUFFER);
+      const spec = {
+        id: `sbx${a.sandbox}`,
+        image: a.image,
+        memoryMiB: a.memoryMiB,
+        cpus: a.cpus,
+        runDir: a.runDir,
+        env: a.env,
+        log: this.ctx.log,
+        net: {
+          ip: ipToString(a.net.guestIp),
+          prefix: a.net.prefix,
+          gateway: ipToString(a.net.gatewayIp),
+          dns: ipToString(a.net.dnsIp),
+          mtu: a.net.mtu,
+          mac: a.mac,
+          hostname: a.hostname,
+        },
+        framesOnRead: {
+          buffer: readBuffer,
+          callback: (n: number, buf: Uint8Array) => {
+            this.net.feed(buf.subarray(0, n));
+            return true;
+          },
+        },
+      };
+      const machine =
+        a.backend === 'qemu'
+          ? await startQemuMachine(spec, { accel: a.accel ?? 'auto' })
+          : await startNamespaceMachine(spec);
+      this.machine = machine;
+      this.net.adopt(machine.frames);
+      void machine.exited.then((exit) => this.onMachineExit(exit));
+      if (this.isGone()) return;
+      const agent = await machine.connectAgent({ timeoutMs: a.agentTimeoutMs });
+      if (this.isGone()) {
+        agent.close();
+        return;
+      }
+      this.agent = agent;
+      this.ops = new GuestOps(agent, this.sink, this.ctx.log);
+      this.ops.onActivity = (active) => {
+        if (this.state === 'ready' && active > 0) this.transition('busy', `${active} operation(s)`);
+        else if (this.state === 'busy' && active === 0) this.transition('ready', 'idle');
+      };
+      this.bootMs = performance.now() - started;
+      this.transition('ready', `booted in ${Math.round(this.bootMs)} ms`);
+      for (const w of this.waiting.splice(0)) w(JSON.stringify(this.info()));
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private isGone(): boolean {
+    return this.state === 'stopping' || this.state === 'stopped' || this.state === 'failed';
+  }
+
+  private onMachineExit(exit: MachineExit): void {
+    if (this.state === 'stopping' || this.state === 'stopped') return;
+    const tail = this.machine?.consoleTail(4096) ?? '';
+    this.fail(
+      new ActorvmError(
+        'ERR_VM_EXITED',
+        `the sandbox's ${this.args.backend} process exited (${exit.signal ?? exit.code})`,
+        {
+          exit,
+          consoleTail: tail,
+        },
+      ),
+    );
+  }
+
+  private fail(err: unknown): void {
+    if (this.state === 'failed' || this.state === 'stopped') return;
+    const e =
+      err instanceof ActorvmError
+        ? err
+        : new ActorvmError('ERR_VM_BOOT_FAILED', (err as Error)?.message ?? String(err), {
+            consoleTail: this.machine?.consoleTail(4096),
+          });
+    this.failure = e;
+    this.transition('failed', `${e.code}: ${e.message}`);
+    this.ops?.abortAll(e);
+    for (const w of this.waiting.splice(0)) w.error(e);
+    // The machine may still be half up: take it down now, not at stop().
+    void this.teardown();
+  }
+
+  private transition(to: VmState, detail: string): void {
+    const from = this.state;
+    this.state = to;
+    const level = to === 'failed' ? 'error' : 'info';
+    this.ctx.log[level]({ event: `vm.${to}`, sandbox: this.args.sandbox, from, detail }, `vm ${to}`);
+    this.sink.tell({ type: 'state', sandbox: this.args.sandbox, state: to, detail });
+  }
+
+  receive(msg: VmMessage, reply: Reply<string>): void {
+    switch (msg.type) {
+      case 'frame':
+        this.net.toGuest(asBytes(msg.frame));
+        return;
+      case 'ready':
+        if (this.state === 'ready' || this.state === 'busy') reply(JSON.stringify(this.info()));
+        else if (this.failure) reply.error(this.failure);
+        else if (this.isGone()) reply.error(new ActorvmError('ERR_VM_STOPPED', 'the sandbox is stopping'));
+        else this.waiting.push(reply);
+        return;
+      case 'info':
+        reply(JSON.stringify(this.info()));
+        return;
+      case 'logs':
+        reply(this.machine?.consoleTail(msg.bytes) ?? '');
+        return;
+      case 'fs':
+        void this.fsOp(msg.op, msg.path, msg.mode, reply);
+        return;
+    }
+    const ops = this.ops;
+    if (!ops) {
+      // Not ready (or gone): the operation fails at once, through the sink like any result.
+      const id = (msg as { id?: number }).id;
+      if (id !== undefined && msg.type !== 'ack' && msg.type !== 'input') {
+        const err = this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`);
+        this.sink.tell({
+          type: 'done',
+          id,
+          result: JSON.stringify({ error: { code: err.code, message: err.message } }),
+        });
+      }
+      return;
+    }
+    switch (msg.type) {
+      case 'exec':
+        ops.exec(msg.id, JSON.parse(msg.request) as ExecRequest);
+        return;
+      case 'input':
+        ops.input(msg.id, msg.data, msg.end);
+        return;
+      case 'ack':
+        ops.ack(msg.id, msg.bytes);
+        return;
+      case 'signal':
+        ops.signal(msg.id, msg.signal);
+        return;
+      case 'cancel':
+        ops.cancel(msg.id);
+        return;
+      case 'put':
+        ops.put(msg.id, msg.path, msg.mode, msg.size);
+        return;
+      case 'get':
+        ops.get(msg.id, msg.path);
+        return;
+    }
+  }
+
+  private async fsOp(op: string, path: string, mode: number, reply: Reply<string>): Promise<void> {
+    const agent = this.agent;
+    if (!agent) {
+      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
+      return;
+    }
+    try {
+      if (op === 'stat') reply(JSON.stringify(await agent.stat(path)));
+      else if (op === 'list') reply(JSON.stringify(await agent.list(path)));
+      else if (op === 'mkdir') {
+        await agent.mkdir(path, { mode: mode || 0o755 });
+        reply('{}');
+      } else reply.error(new ActorvmError('ERR_BAD_REQUEST', `unknown file operation '${op}'`));
+    } catch (err) {
+      reply.error(err);
+    }
+  }
+
+  private info(): VmInfo {
+    return {
+      sandbox: this.args.sandbox,
+      state: this.state,
+      backend: this.args.backend,
+      accel: this.machine?.accel,
+      pid: this.machine?.pid,
+      bootMs: this.bootMs === undefined ? undefined : Math.round(this.bootMs),
+      agentVersion: this.agent?.hello.agentVersion,
+      error: this.failure ? { code: this.failure.code, message: this.failure.message } : undefined,
+    };
+  }
+
+  inspect(): unknown {
+    return {
+      ...this.info(),
+      runDir: this.args.runDir,
+      operations: this.ops?.active ?? 0,
+      network: this.net.stats(),
+    };
+  }
+
+  private teardownDone: Promise<void> | undefined;
+
+  /** Stops the machine and frees everything it held. Idempotent. */
+  private teardown(): Promise<void> {
+    this.teardownDone ??= (async () => {
+      this.agent?.close();
+      this.net.closeStream();
+      await this.machine
+        ?.stop()
+        .catch((err) => this.ctx.log.warn({ event: 'vm.teardown_error', err }, 'machine stop failed'));
+    })();
+    return this.teardownDone;
+  }
+
+  async stop(reason: StopReason): Promise<void> {
+    if (this.state !== 'failed') this.transition('stopping', reason);
+    this.ops?.abortAll(new ActorvmError('ERR_VM_STOPPED', `the sandbox was stopped (${reason})`));
+    for (const w of this.waiting.splice(0))
+      w.error(new ActorvmError('ERR_VM_STOPPED', 'the sandbox was stopped'));
+    await this.booted.catch(() => {});
+    await this.teardown();
+    this.transition('stopped', reason);
+  }
+}
+
+export default defineActor({
+  name: 'vm',
+  module: import.meta.url,
+  placement: 'vm',
+  messages: VmMessages,
+  replies: str,
+  // A VM is never restarted: a new machine would not be the same sandbox.
+  supervision: { maxRestarts: 0 },
+  create: (ctx: ActorContext<VmMessage>, args: VmArgs) => new VmActor(ctx, args),
+});

@@ -1,0 +1,251 @@
+/**
+ * The Runtime: actorvm's public entry point.
+ *
+ *     const rt = await Runtime.start();
+ *     const sbx = await rt.createSandbox({ image: 'base' });
+ *     const { stdout } = await sbx.exec('echo hello');
+ *     await rt.stop();
+ *
+ * It owns the actor system (worker threads), the network layer (flow shards),
+ * the image store, and optionally the control socket `actorctl` talks to.
+ * Each sandbox is a VM actor on a VM worker; this thread talks to it with
+ * messages and receives its streams through a local sink actor.
+ */
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Piscina } from 'piscina';
+import { type NetworkOptions, resolveNetConfig } from '../actors/net/config.js';
+import { NetworkService } from '../actors/net/network-service.js';
+import { probeAccel } from '../actors/vm/backends/kvm-probe.js';
+import type { VmInfo } from '../actors/vm/messages.js';
+import VmActor, { type VmArgs } from '../actors/vm/vm-actor.js';
+import { createImagePool } from '../images/pool.js';
+import type { ImageSpec } from '../images/spec.js';
+import { ImageStore } from '../images/store.js';
+import type { ActorRef } from '../runtime/actor-ref.js';
+import { ActorSystem } from '../runtime/actor-system.js';
+import { ControlServer } from '../runtime/control-server.js';
+import type { LevelWithSilent } from 'pino';
+import { actorvmHome, defaultLogFile, defaultSocketPath } from '../runtime/paths.js';
+import { registerSystemMethods } from '../runtime/system-control.js';
+import { registerSandboxMethods } from './control.js';
+import { SandboxError } from './errors.js';
+import { Sandbox, type SandboxHost } from './sandbox.js';
+import SinkKind, { SinkRegistry } from './sink.js';
+
+export type BackendChoice = 'qemu' | 'namespace' | 'auto';
+
+export interface RuntimeOptions {
+  /** Worker threads (default: one per core). */
+  workers?: number;
+  /** State directory (images, run files, log); default ACTORVM_HOME or ~/.actorvm. */
+  home?: string;
+  log?: { level?: LevelWithSilent; file?: string };
+  /** Serve the control socket for actorctl (default false; a path, or true for the default path). */
+  control?: boolean | string;
+  /** Backend when a sandbox does not name one: 'auto' = QEMU when KVM works, else namespaces. */
+  backend?: BackendChoice;
+}
+
+export interface ForwardOption {
+  guestPort: number;
+  hostPort?: number;
+  proto?: 'tcp' | 'udp';
+}
+
+export interface SandboxOptions {
+  /** Image name, or a spec to build (cached by content). Default 'base'. */
+  image?: string | ImageSpec;
+  backend?: BackendChoice;
+  memoryMiB?: number;
+  cpus?: number;
+  env?: Record<string, string>;
+  hostname?: string;
+  network?: NetworkOptions & { forwards?: (number | ForwardOption)[] };
+  /** Backstop for boot (the boot fails at once if the machine dies first). Default 120 s. */
+  bootTimeoutMs?: number;
+}
+
+interface Entry {
+  sandbox: Sandbox;
+  vm: ActorRef<any, string>;
+  runDir: string;
+}
+
+export class Runtime implements SandboxHost {
+  private readonly entries = new Map<number, Entry>();
+  private nextSandbox = 1;
+  private stopping: Promise<void> | undefined;
+  private accel: Promise<'kvm' | 'tcg'> | undefined;
+
+  private constructor(
+    readonly registry: SinkRegistry,
+    readonly system: ActorSystem,
+    readonly net: NetworkService,
+    readonly images: ImageStore,
+    private readonly pool: Piscina,
+    private readonly sink: ActorRef<any, void>,
+    private readonly home: string,
+    private readonly defaultBackend: BackendChoice,
+    readonly control: ControlServer | undefined,
+  ) {}
+
+  static async start(opts: RuntimeOptions = {}): Promise<Runtime> {
+    const home = opts.home ?? actorvmHome();
+    const runRoot = join(home, 'run', 'vms');
+    mkdirSync(runRoot, { recursive: true, mode: 0o700 });
+    removeStaleRunDirs(runRoot);
+    const system = await ActorSystem.start({
+      workers: opts.workers,
+      log: { level: opts.log?.level, file: opts.log?.file ?? defaultLogFile() },
+      name: 'actorvm',
+    });
+    const net = await NetworkService.start(system);
+    const pool = createImagePool();
+    const images = new ImageStore({ home, pool, log: system.log });
+    const registry = new SinkRegistry();
+    const sink = await system.spawnLocal(SinkKind, { registry }, { name: 'sandbox-sink' });
+    let control: ControlServer | undefined;
+    if (opts.control) {
+      control = new ControlServer(opts.control === true ? defaultSocketPath() : opts.control, system.log);
+    }
+    const rt = new Runtime(registry, system, net, images, pool, sink, home, opts.backend ?? 'auto', control);
+    if (control) {
+      registerSystemMethods(control, system);
+      net.registerControl(control);
+      registerSandboxMethods(control, rt);
+      await control.listen();
+    }
+    system.on('escalation', (e: { actor: { id: number } }) => rt.onEscalation(e.actor.id));
+    return rt;
+  }
+
+  /** Creates a sandbox and resolves once its agent answered (or rejects with why it could not boot). */
+  async createSandbox(opts: SandboxOptions = {}): Promise<Sandbox> {
+    if (this.stopping) throw new SandboxError('ERR_SANDBOX_STOPPED', 'the runtime is stopping');
+    const image = await this.images.ensure(opts.image ?? 'base');
+    const backend = await this.chooseBackend(opts.backend ?? this.defaultBackend);
+    const id = this.nextSandbox++;
+    const { forwards = [], ...netOpts } = opts.network ?? {};
+    const config = resolveNetConfig({ hostname: opts.hostname, ...netOpts });
+    const runDir = join(this.home, 'run', 'vms', `${process.pid}-${id}`);
+    const args: VmArgs = {
+      sandbox: id,
+      backend,
+      image,
+      memoryMiB: opts.memoryMiB ?? 256,
+      cpus: opts.cpus ?? 1,
+      env: opts.env,
+      net: config,
+      mac: macFor(id),
+      hostname: opts.hostname ?? `sandbox-${id}`,
+      runDir,
+      shards: this.net.shardAddresses,
+      hashKey: this.net.hashKey,
+      sink: this.sink.address,
+      agentTimeoutMs: opts.bootTimeoutMs ?? 120_000,
+    };
+    const vm = await this.system.spawn(VmActor, args, { name: `vm-${id}` });
+    let info: VmInfo;
+    try {
+      await this.net.attach(id, vm.address, config);
+      info = JSON.parse(await vm.ask({ type: 'ready' }, { timeoutMs: (opts.bootTimeoutMs ?? 120_000) + 10_000 }));
+      for (const f of forwards) {
+        const rule = typeof f === 'number' ? { guestPort: f } : f;
+        await this.net.forward(id, rule);
+      }
+    } catch (err) {
+      await this.teardown(id, vm, runDir);
+      const e = err as { code?: string; message?: string; details?: Record<string, unknown> };
+      throw new SandboxError(
+        e.code?.startsWith('ERR_VM_') ? e.code : 'ERR_SANDBOX_BOOT_FAILED',
+        `sandbox ${id} did not boot: ${e.message}`,
+        { ...e.details, cause: e.code },
+      );
+    }
+    const sandbox = new Sandbox(id, backend, vm, this, info);
+    this.registry.states.set(id, (state) => {
+      sandbox.state = state as Sandbox['state'];
+    });
+    this.entries.set(id, { sandbox, vm, runDir });
+    return sandbox;
+  }
+
+  /** Live sandboxes. */
+  sandboxes(): Sandbox[] {
+    return [...this.entries.values()].map((e) => e.sandbox);
+  }
+
+  sandbox(id: number): Sandbox | undefined {
+    return this.entries.get(id)?.sandbox;
+  }
+
+  /** Stops every sandbox, then the system. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      await Promise.all([...this.entries.keys()].map((id) => this.kill(id).catch(() => {})));
+      await this.control?.close();
+      await this.pool.destroy();
+      await this.system.shutdown();
+    })();
+    return this.stopping;
+  }
+
+  // ---- SandboxHost ----
+
+  async expose(sandbox: number, guestPort: number, opts: { hostPort?: number; proto?: 'tcp' | 'udp' }) {
+    const rule = await this.net.forward(sandbox, { guestPort, hostPort: opts.hostPort, proto: opts.proto });
+    return { hostIp: rule.hostIp, hostPort: rule.hostPort };
+  }
+
+  unexpose(sandbox: number, hostPort: number, proto: 'tcp' | 'udp'): Promise<boolean> {
+    return this.net.unforward(sandbox, proto, hostPort);
+  }
+
+  async kill(sandbox: number): Promise<void> {
+    const e = this.entries.get(sandbox);
+    if (!e) return;
+    this.entries.delete(sandbox);
+    e.sandbox.markKilled();
+    await this.teardown(sandbox, e.vm, e.runDir);
+  }
+
+  private async teardown(id: number, vm: ActorRef<any, string>, runDir: string): Promise<void> {
+    await this.net.detach(id).catch(() => {});
+    await this.system.stop(vm).catch(() => false);
+    rmSync(runDir, { recursive: true, force: true });
+    this.registry.states.delete(id);
+    // Whatever the VM actor did not answer before it went away ends now.
+    this.registry.failSandbox(id, { code: 'ERR_SANDBOX_STOPPED', message: `sandbox ${id} was stopped` });
+  }
+
+  private onEscalation(actorId: number): void {
+    for (const [id, e] of this.entries) {
+      if (e.vm.id !== actorId) continue;
+      e.sandbox.state = 'failed';
+      this.system.log.error({ event: 'sandbox.failed', sandbox: id }, 'sandbox VM actor failed');
+    }
+  }
+
+  private async chooseBackend(choice: BackendChoice): Promise<'qemu' | 'namespace'> {
+    if (choice !== 'auto') return choice;
+    this.accel ??= probeAccel().catch(() => 'tcg' as const);
+    return (await this.accel) === 'kvm' ? 'qemu' : 'namespace';
+  }
+}
+
+/** A locally administered, per-sandbox MAC address. */
+function macFor(id: number): string {
+  const b = [0x52, 0x54, 0x00, (id >>> 16) & 0xff, (id >>> 8) & 0xff, id & 0xff];
+  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
+}
+
+/** Run directories of runtimes that died (pid gone) are removed at start. */
+function removeStaleRunDirs(root: string): void {
+  for (const name of readdirSync(root)) {
+    const pid = Number(name.split('-')[0]);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    if (existsSync(`/proc/${pid}`)) continue;
+    rmSync(join(root, name), { recursive: true, force: true });
+  }
+}
