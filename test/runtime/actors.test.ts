@@ -120,7 +120,10 @@ describe('actor system', () => {
     const second = once<{ total: number }>('dead-letter');
     ghost.tell({ type: 'add', n: 1 });
     expect((await second).total).toBe(2);
+    // The ask's error reply (a ring) and the dead-letter event (the control port) race: wait for both.
+    const third = once<{ total: number }>('dead-letter', (e) => e.total === 3);
     await expect(ghost.ask({ type: 'get' })).rejects.toMatchObject({ code: 'ERR_DEAD_LETTER' });
+    await third;
     expect(system.deadLetters).toBe(3);
   });
 
