@@ -37,11 +37,21 @@ export async function run(argv: string[]): Promise<void> {
     await rt.images.ensure('base');
     const modes: { name: string; backend: 'namespace' | 'qemu'; creates: number; execs: number }[] = [];
     if ((await backendAvailable('namespace')).ok) {
-      modes.push({ name: 'namespace', backend: 'namespace', creates: option(argv, '--creates', 30), execs: option(argv, '--execs', 300) });
+      modes.push({
+        name: 'namespace',
+        backend: 'namespace',
+        creates: option(argv, '--creates', 30),
+        execs: option(argv, '--execs', 300),
+      });
     }
     if ((await backendAvailable('qemu')).ok) {
       const accel = await probeAccel();
-      modes.push({ name: `qemu-${accel}`, backend: 'qemu', creates: option(argv, '--creates', 10), execs: option(argv, '--execs', 200) });
+      modes.push({
+        name: `qemu-${accel}`,
+        backend: 'qemu',
+        creates: option(argv, '--creates', 10),
+        execs: option(argv, '--execs', 200),
+      });
     }
     for (const m of modes) {
       log(`… ${m.name}: ${m.creates} cold creates, ${m.execs} × exec true`);
@@ -79,6 +89,12 @@ export async function run(argv: string[]): Promise<void> {
   }
   printTable(
     ['backend', 'create p50 ms', 'create p99 ms', 'exec true p50 ms', 'exec true p99 ms'],
-    Object.entries(backends).map(([n, f]) => [n, f.create_p50_ms, f.create_p99_ms, f.exec_p50_ms, f.exec_p99_ms]),
+    Object.entries(backends).map(([n, f]) => [
+      n,
+      f.create_p50_ms,
+      f.create_p99_ms,
+      f.exec_p50_ms,
+      f.exec_p99_ms,
+    ]),
   );
 }

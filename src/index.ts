@@ -2,23 +2,28 @@
  * actorvm's public API. Explicit named re-exports only: what is not listed
  * here is internal and may change.
  */
-export { ActorvmError, hasCode } from './errors.js';
 
-// Sandboxes: the main API
-export { Runtime } from './api/runtime.js';
-export type { BackendChoice, ForwardOption, RuntimeOptions, SandboxOptions } from './api/runtime.js';
-export { Sandbox, SandboxFiles } from './api/sandbox.js';
-export type { Command, ExecOptions, ExecResult, FileInfo, SpawnOptions as SandboxSpawnOptions } from './api/sandbox.js';
-export { SandboxProcess } from './api/process.js';
-export type { ProcessResult } from './api/process.js';
-export { SandboxError } from './api/errors.js';
 export type { NetworkOptions } from './actors/net/config.js';
-export { ImageStore } from './images/store.js';
-export type { BuiltImage } from './images/layout.js';
-export type { ImageFileSpec, ImageSpec } from './images/spec.js';
-
 // The guest agent's client (also usable on its own)
 export { AgentClient } from './agent/client.js';
+export { SandboxError } from './api/errors.js';
+export type { ProcessResult } from './api/process.js';
+export { SandboxProcess } from './api/process.js';
+export type { BackendChoice, ForwardOption, RuntimeOptions, SandboxOptions } from './api/runtime.js';
+// Sandboxes: the main API
+export { Runtime } from './api/runtime.js';
+export type {
+  Command,
+  ExecOptions,
+  ExecResult,
+  FileInfo,
+  SpawnOptions as SandboxSpawnOptions,
+} from './api/sandbox.js';
+export { Sandbox, SandboxFiles } from './api/sandbox.js';
+export { ActorvmError, hasCode } from './errors.js';
+export type { BuiltImage } from './images/layout.js';
+export type { ImageFileSpec, ImageSpec } from './images/spec.js';
+export { ImageStore } from './images/store.js';
 export type { Codec, Infer } from './protocol/codec.js';
 // Message codecs
 export {

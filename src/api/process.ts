@@ -94,7 +94,9 @@ export class SandboxProcess implements OperationHandler {
     this.input.credit(bytes);
   }
 
-  done(result: { error?: { code: string; message: string; details?: unknown } } & Record<string, unknown>): void {
+  done(
+    result: { error?: { code: string; message: string; details?: unknown } } & Record<string, unknown>,
+  ): void {
     this.input.close();
     if (result.error) {
       const err = errorFrom(result.error);

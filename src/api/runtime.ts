@@ -13,6 +13,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { LevelWithSilent } from 'pino';
 import type { Piscina } from 'piscina';
 import { type NetworkOptions, resolveNetConfig } from '../actors/net/config.js';
 import { NetworkService } from '../actors/net/network-service.js';
@@ -25,7 +26,6 @@ import { ImageStore } from '../images/store.js';
 import type { ActorRef } from '../runtime/actor-ref.js';
 import { ActorSystem } from '../runtime/actor-system.js';
 import { ControlServer } from '../runtime/control-server.js';
-import type { LevelWithSilent } from 'pino';
 import { actorvmHome, defaultLogFile, defaultSocketPath } from '../runtime/paths.js';
 import { registerSystemMethods } from '../runtime/system-control.js';
 import { registerSandboxMethods } from './control.js';
@@ -149,7 +149,9 @@ export class Runtime implements SandboxHost {
     let info: VmInfo;
     try {
       await this.net.attach(id, vm.address, config);
-      info = JSON.parse(await vm.ask({ type: 'ready' }, { timeoutMs: (opts.bootTimeoutMs ?? 120_000) + 10_000 }));
+      info = JSON.parse(
+        await vm.ask({ type: 'ready' }, { timeoutMs: (opts.bootTimeoutMs ?? 120_000) + 10_000 }),
+      );
       for (const f of forwards) {
         const rule = typeof f === 'number' ? { guestPort: f } : f;
         await this.net.forward(id, rule);

@@ -46,7 +46,11 @@ export interface FileInfo {
 /** What a Sandbox needs from the runtime that made it. */
 export interface SandboxHost {
   readonly registry: SinkRegistry;
-  expose(sandbox: number, guestPort: number, opts: { hostPort?: number; proto?: 'tcp' | 'udp' }): Promise<{ hostIp: string; hostPort: number }>;
+  expose(
+    sandbox: number,
+    guestPort: number,
+    opts: { hostPort?: number; proto?: 'tcp' | 'udp' },
+  ): Promise<{ hostIp: string; hostPort: number }>;
   unexpose(sandbox: number, hostPort: number, proto: 'tcp' | 'udp'): Promise<boolean>;
   kill(sandbox: number): Promise<void>;
 }
@@ -185,11 +189,17 @@ export class SandboxFiles {
    * Writes a file atomically (temporary file, fsync, rename): the path holds
    * either the old content or all of the new one. Streams need `size`.
    */
-  async write(path: string, data: string | Uint8Array | Readable, opts: { mode?: number; size?: number } = {}): Promise<void> {
+  async write(
+    path: string,
+    data: string | Uint8Array | Readable,
+    opts: { mode?: number; size?: number } = {},
+  ): Promise<void> {
     this.live();
-    const bytes = typeof data === 'string' ? Buffer.from(data) : data instanceof Uint8Array ? data : undefined;
+    const bytes =
+      typeof data === 'string' ? Buffer.from(data) : data instanceof Uint8Array ? data : undefined;
     const size = bytes ? bytes.length : opts.size;
-    if (size === undefined) throw new SandboxError('ERR_SANDBOX_BAD_OPTIONS', 'writing a stream needs its size');
+    if (size === undefined)
+      throw new SandboxError('ERR_SANDBOX_BAD_OPTIONS', 'writing a stream needs its size');
     const vm = this.vm;
     let id = 0;
     const input = new InputChannel(

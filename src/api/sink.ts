@@ -3,9 +3,10 @@
  * output, credits, results, lifecycle changes. A local actor (it runs on the
  * main thread, so its args can hold the live registry it dispatches into).
  */
+
+import { type SinkMessage, SinkMessages } from '../actors/vm/messages.js';
 import { empty } from '../protocol/codec.js';
 import { type Actor, type ActorContext, defineActor } from '../runtime/actor.js';
-import { type SinkMessage, SinkMessages } from '../actors/vm/messages.js';
 
 /** The receiving side of one guest operation. */
 export interface OperationHandler {
@@ -13,7 +14,9 @@ export interface OperationHandler {
   out(channel: number, data: Uint8Array): void;
   started(info: unknown): void;
   credit(bytes: number): void;
-  done(result: { error?: { code: string; message: string; details?: unknown } } & Record<string, unknown>): void;
+  done(
+    result: { error?: { code: string; message: string; details?: unknown } } & Record<string, unknown>,
+  ): void;
 }
 
 export type StateListener = (state: string, detail: string) => void;

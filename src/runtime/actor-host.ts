@@ -248,7 +248,11 @@ export class ActorHost implements Router {
         details: details === undefined ? '' : safeJson(details),
       };
       if (fromThread === this.thread) {
-        this.settleLocal(corr, false, new RemoteActorError(body.code, body.message, details as Record<string, unknown>));
+        this.settleLocal(
+          corr,
+          false,
+          new RemoteActorError(body.code, body.message, details as Record<string, unknown>),
+        );
       } else this.transport.send(fromThread, REPLY_ERROR, 0, cell.address.id, corr, ReplyErrorBody, body);
     };
     return Object.assign(send, { error, expected: true });

@@ -223,7 +223,10 @@ export class ActorSystem extends EventEmitter {
   }
 
   /** Crashes an actor on purpose (its supervisor restarts or escalates it): fault injection. */
-  async injectFailure(target: ActorRef<any, any> | ActorAddress, message = 'injected failure'): Promise<boolean> {
+  async injectFailure(
+    target: ActorRef<any, any> | ActorAddress,
+    message = 'injected failure',
+  ): Promise<boolean> {
     const address = target instanceof ActorRef ? target.address : target;
     const slot = this.slots[address.thread - 1];
     return slot?.alive ? slot.api.injectFailure(address.id, message) : false;

@@ -62,7 +62,13 @@ for (const backend of ['namespace', 'qemu'] as const) {
 
     it('runs commands: exit codes, stdout and stderr apart, timeouts', async () => {
       const ok = await sbx.exec('echo out; echo err >&2; exit 7');
-      expect(ok).toMatchObject({ exitCode: 7, signal: null, stdout: 'out\n', stderr: 'err\n', timedOut: false });
+      expect(ok).toMatchObject({
+        exitCode: 7,
+        signal: null,
+        stdout: 'out\n',
+        stderr: 'err\n',
+        timedOut: false,
+      });
       const argv = await sbx.exec(['sh', '-c', 'printf "%s|" "$@"', 'x', 'a b', 'c']);
       expect(argv.stdout).toBe('a b|c|');
       const env = await sbx.exec('echo $GREETING in $(pwd)', { env: { GREETING: 'hi' }, cwd: '/tmp' });
@@ -96,7 +102,11 @@ for (const backend of ['namespace', 'qemu'] as const) {
       const ok = await sbx.exec(['wget', '-qO-', `http://10.0.2.2:${webPort}/allowed`]);
       expect(ok.exitCode).toBe(0);
       expect(ok.stdout).toBe('host page /allowed');
-      const other = await sbx.exec(['wget', '-qO-', `http://10.0.2.2:${webPort === 65535 ? 1 : webPort + 1}/`]);
+      const other = await sbx.exec([
+        'wget',
+        '-qO-',
+        `http://10.0.2.2:${webPort === 65535 ? 1 : webPort + 1}/`,
+      ]);
       expect(other.exitCode).not.toBe(0);
       expect(other.stderr).toMatch(/refused/i);
     });
@@ -139,7 +149,9 @@ describe('failures and isolation', () => {
 
   it('keeps two sandboxes apart', async () => {
     const [a, b] = await Promise.all(
-      [1, 2].map(() => rt.createSandbox({ backend: 'namespace', network: { allowOut: [`10.0.2.2/32:${webPort}`] } })),
+      [1, 2].map(() =>
+        rt.createSandbox({ backend: 'namespace', network: { allowOut: [`10.0.2.2/32:${webPort}`] } }),
+      ),
     );
     const [ra, rb] = await Promise.all([
       a.exec(['wget', '-qO-', `http://10.0.2.2:${webPort}/a`]),

@@ -11,7 +11,6 @@
  * echoes are forgotten after ECHO_TTL_MS; the socket and its reader thread
  * are closed after IDLE_MS without echoes.
  */
-import type { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { buildIcmpFrame, ICMP_ECHO_REPLY } from '../../protocol/net/icmp.js';
 import { spawnWorker } from '../../runtime/spawn-worker.js';
@@ -44,7 +43,6 @@ interface Outstanding {
 export class IcmpProxy {
   readonly stats: IcmpStats = { requests: 0, replies: 0, dropped: 0, available: null };
   private fd = -1;
-  private reader: Worker | undefined;
   private readonly outstanding = new Map<number, Outstanding>();
   private nextSeq = 1;
   private lastUse = 0;
@@ -107,7 +105,6 @@ export class IcmpProxy {
     // The fd is closed only once the reader stopped using it, so its number cannot be reused under it.
     reader.once('exit', () => closeIcmpSocket(fd));
     reader.unref();
-    this.reader = reader;
     this.armIdle();
     return true;
   }
@@ -171,7 +168,6 @@ export class IcmpProxy {
     clearTimeout(this.idleTimer);
     if (this.fd >= 0) shutdownIcmpSocket(this.fd); // the reader's recvfrom returns 0; it exits and we close
     this.fd = -1;
-    this.reader = undefined;
     this.outstanding.clear();
   }
 }

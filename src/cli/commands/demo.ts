@@ -88,24 +88,43 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
           // Exactly one host port is reachable: the demo's web server.
           network: { allowOut: [`10.0.2.2/32:${webPort}`] },
         }),
-      (s) => `sandbox ${s.id}, ${s.backend}${s.boot.accel ? `/${s.boot.accel}` : ''}, ready in ${s.boot.bootMs} ms`,
+      (s) =>
+        `sandbox ${s.id}, ${s.backend}${s.boot.accel ? `/${s.boot.accel}` : ''}, ready in ${s.boot.bootMs} ms`,
     );
     const oneLine = (s: string): string => s.trim().split('\n').join(' | ').slice(0, 80);
-    await time('exec uname -sr', () => sbx.exec(['uname', '-sr']), (r) => oneLine(r.stdout));
-    await time('exec sh -c "echo $((6*7)) from $(hostname)"', () => sbx.exec('echo $((6*7)) from $(hostname)'), (r) =>
-      oneLine(r.stdout),
+    await time(
+      'exec uname -sr',
+      () => sbx.exec(['uname', '-sr']),
+      (r) => oneLine(r.stdout),
     );
-    await time('exec sh -c "exit 3" (exit code)', () => sbx.exec('exit 3'), (r) => `exit code ${r.exitCode}`);
-    await time('exec ip -4 addr (DHCP-free static config)', () => sbx.exec('ip -4 -o addr show dev eth0'), (r) =>
-      oneLine(r.stdout.replace(/\s+/g, ' ')),
+    await time(
+      'exec sh -c "echo $((6*7)) from $(hostname)"',
+      () => sbx.exec('echo $((6*7)) from $(hostname)'),
+      (r) => oneLine(r.stdout),
+    );
+    await time(
+      'exec sh -c "exit 3" (exit code)',
+      () => sbx.exec('exit 3'),
+      (r) => `exit code ${r.exitCode}`,
+    );
+    await time(
+      'exec ip -4 addr (DHCP-free static config)',
+      () => sbx.exec('ip -4 -o addr show dev eth0'),
+      (r) => oneLine(r.stdout.replace(/\s+/g, ' ')),
     );
 
     const content = Buffer.alloc(4 << 20);
     for (let i = 0; i < content.length; i++) content[i] = (i * 131) & 0xff;
     const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex').slice(0, 16);
-    await time('write a 4 MiB file', () => sbx.files.write('/tmp/demo.bin', content), () => `sha256 ${sha(content)}…`);
-    await time('read it back', () => sbx.files.read('/tmp/demo.bin'), (b) =>
-      `sha256 ${sha(b)}… ${b.equals(content) ? 'identical' : 'DIFFERENT'}`,
+    await time(
+      'write a 4 MiB file',
+      () => sbx.files.write('/tmp/demo.bin', content),
+      () => `sha256 ${sha(content)}…`,
+    );
+    await time(
+      'read it back',
+      () => sbx.files.read('/tmp/demo.bin'),
+      (b) => `sha256 ${sha(b)}… ${b.equals(content) ? 'identical' : 'DIFFERENT'}`,
     );
 
     await time(
@@ -121,10 +140,16 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
 
     await sbx.files.mkdir('/www');
     await sbx.files.write('/www/index.html', 'hello from inside the sandbox\n');
-    await time('start busybox httpd :8080 in the guest', () => sbx.exec(['httpd', '-p', '8080', '-h', '/www']), () =>
-      'listening',
+    await time(
+      'start busybox httpd :8080 in the guest',
+      () => sbx.exec(['httpd', '-p', '8080', '-h', '/www']),
+      () => 'listening',
     );
-    const ep = await time('expose guest port 8080', () => sbx.expose(8080), (e) => `at ${e.host}:${e.port}`);
+    const ep = await time(
+      'expose guest port 8080',
+      () => sbx.expose(8080),
+      (e) => `at ${e.host}:${e.port}`,
+    );
     await time(
       'host GET of the exposed guest server',
       () => fetchText(ep.host, ep.port),
@@ -136,13 +161,21 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
     } else {
       say('');
       const flows = await rt.net.flows(sbx.id);
-      say(`flows right now: ${flows.length}; actors: ${(await rt.system.list()).length}; see actorctl ps / flows / rings`);
+      say(
+        `flows right now: ${flows.length}; actors: ${(await rt.system.list()).length}; see actorctl ps / flows / rings`,
+      );
     }
     if (opts.hold) {
-      say(`\nholding; try: actorctl ps, actorctl vm ls, actorctl vm exec ${sbx.id} -- uname -a   (Ctrl-C to stop)`);
+      say(
+        `\nholding; try: actorctl ps, actorctl vm ls, actorctl vm exec ${sbx.id} -- uname -a   (Ctrl-C to stop)`,
+      );
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
     }
-    await time('kill sandbox', () => sbx.kill(), () => 'stopped, run files removed');
+    await time(
+      'kill sandbox',
+      () => sbx.kill(),
+      () => 'stopped, run files removed',
+    );
   } finally {
     await rt.stop();
     web.close();

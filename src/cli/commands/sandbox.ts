@@ -27,17 +27,28 @@ interface RunOptions extends GlobalOptions {
 export function exitStatus(r: ProcessResult): number {
   if (r.exitCode !== null) return r.exitCode;
   const n = (
-    { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15 } as Record<
-      string,
-      number
-    >
+    {
+      SIGHUP: 1,
+      SIGINT: 2,
+      SIGQUIT: 3,
+      SIGKILL: 9,
+      SIGSEGV: 11,
+      SIGPIPE: 13,
+      SIGALRM: 14,
+      SIGTERM: 15,
+    } as Record<string, number>
   )[r.signal ?? ''];
   return 128 + (n ?? 0);
 }
 
 function parseExpose(spec: string): { guestPort: number; hostPort?: number } {
   const [g, h] = spec.split(':').map(Number);
-  if (!Number.isInteger(g) || g < 1 || g > 65535 || (h !== undefined && (!Number.isInteger(h) || h < 0 || h > 65535))) {
+  if (
+    !Number.isInteger(g) ||
+    g < 1 ||
+    g > 65535 ||
+    (h !== undefined && (!Number.isInteger(h) || h < 0 || h > 65535))
+  ) {
     throw new ActorvmError('ERR_CLI_BAD_OPTION', `--expose takes GUEST_PORT[:HOST_PORT], got '${spec}'`);
   }
   return { guestPort: g, hostPort: h };
@@ -59,14 +70,20 @@ export function sandboxOptions(opts: RunOptions): SandboxOptions {
 export function registerSandboxCommands(program: Command): void {
   program
     .command('run')
-    .description('create a sandbox, run one command in it (output as it comes), tear it down; exits with its code')
+    .description(
+      'create a sandbox, run one command in it (output as it comes), tear it down; exits with its code',
+    )
     .option('--image <name>', 'image (default: base)')
     .option('--backend <kind>', 'qemu | namespace | auto', 'auto')
     .option('--memory <MiB>', 'guest memory')
     .option('--allow-host-loopback', "let the sandbox reach the host's loopback through its gateway address")
     .option('--allow-out <cidr[:ports]>', 'only these destinations are reachable (repeatable)', collect)
     .option('--deny-out <cidr[:ports]>', 'never reachable (repeatable)', collect)
-    .option('--expose <guest[:host]>', 'forward a host port (127.0.0.1) to a guest port (repeatable)', collect)
+    .option(
+      '--expose <guest[:host]>',
+      'forward a host port (127.0.0.1) to a guest port (repeatable)',
+      collect,
+    )
     .option('--timeout <ms>', 'kill the command after this long')
     .argument('<cmd...>', 'command (after --); one argument runs through /bin/sh -c')
     .action(async (cmd: string[], _o, c: Command) => {
@@ -81,7 +98,8 @@ export function registerSandboxCommands(program: Command): void {
         for (const e of exposes) {
           const x = await sbx.expose(e.guestPort, { hostPort: e.hostPort });
           exposed.push({ guestPort: e.guestPort, host: x.host, port: x.port });
-          if (!opts.json) process.stderr.write(`actorctl: guest port ${e.guestPort} is at ${x.host}:${x.port}\n`);
+          if (!opts.json)
+            process.stderr.write(`actorctl: guest port ${e.guestPort} is at ${x.host}:${x.port}\n`);
         }
         const p = sbx.spawn(cmd.length === 1 ? cmd[0] : cmd, {
           timeoutMs: opts.timeout ? Number(opts.timeout) : undefined,
@@ -169,7 +187,11 @@ export function registerSandboxCommands(program: Command): void {
       const result = await withClient(opts, (cl) =>
         cl.call<ProcessResult>(
           'vm.exec',
-          { id: Number(id), cmd: cmd.length === 1 ? cmd[0] : cmd, timeoutMs: opts.timeout ? Number(opts.timeout) : undefined },
+          {
+            id: Number(id),
+            cmd: cmd.length === 1 ? cmd[0] : cmd,
+            timeoutMs: opts.timeout ? Number(opts.timeout) : undefined,
+          },
           (e) => {
             const ev = e as { stream: 'stdout' | 'stderr'; data: string };
             if (opts.json) out[ev.stream] += ev.data;

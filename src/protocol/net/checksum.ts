@@ -33,7 +33,7 @@ export function sum16(buf: Uint8Array, off: number, len: number, sum = 0): numbe
   let left = len;
   const mem = wasm.mem;
   while (left > 0) {
-    const n = left > WASM_CHUNK ? WASM_CHUNK : left;
+    const n = Math.min(left, WASM_CHUNK);
     mem.set(buf.subarray(at, at + n), 0);
     const padded = (n + 15) & ~15;
     if (padded > n) mem.fill(0, n, padded);
