@@ -111,9 +111,7 @@ async function dnsBench(): Promise<{ dns_hit_p50_us: number; dns_miss_p50_us: nu
 async function acceptBench(): Promise<{ accept_to_syn_p50_us: number; accept_to_syn_p99_us: number }> {
   const s = new SyntheticShard({ maxFlows: 1e6 });
   await s.attach();
-  const rule = JSON.parse(
-    await s.ask({ type: 'forward', sandbox: 1, proto: 6, hostIp: '127.0.0.1', hostPort: 0, guestPort: 7777 }),
-  );
+  const rule = await s.forward(7777);
   const samples: number[] = [];
   for (let i = 0; i < 300; i++) {
     const t0 = now();

@@ -14,14 +14,14 @@
  * Then micro-benches of the NAT itself (bench/_net-micro.ts). With --json the
  * last line is one JSON object; ratios are oriented so bigger is better for actorvm.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { checksumKernel } from '../src/protocol/net/checksum.js';
 import { type NamespaceGuest, type NetHarness, startNetHarness } from '../test/net/fixtures.js';
+import { freePort, startDaemon } from '../test/support/processes.js';
 import { runMicroBenches } from './_net-micro.js';
 import { flag, median, printTable, round } from './_stats.js';
 
@@ -48,29 +48,6 @@ interface Stack {
 function option(argv: string[], name: string, fallback: string): string {
   const i = argv.indexOf(name);
   return i >= 0 && argv[i + 1] ? argv[i + 1] : fallback;
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-/** Spawns a long-running process and resolves once `ready` shows on its output. */
-function daemon(argv: string[], ready: RegExp): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const onData = (d: Buffer): void => {
-      out += d.toString();
-      if (ready.test(out)) resolve(child);
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}): ${out}`)));
-  });
 }
 
 async function hostExec(argv: string[], timeoutMs: number): Promise<string> {
@@ -231,11 +208,11 @@ export async function run(argv: string[]): Promise<void> {
   };
 
   const ports = { iperf: await freePort(), rr: await freePort() };
-  const iperfServer = await daemon(
+  const iperfServer = await startDaemon(
     ['iperf3', '-s', '--forceflush', '-B', '127.0.0.1', '-p', String(ports.iperf)],
     /listening/i,
   );
-  const rrServer = await daemon(['python3', RR_SCRIPT, 'server', String(ports.rr)], /ready/);
+  const rrServer = await startDaemon(['python3', RR_SCRIPT, 'server', String(ports.rr)], /ready/);
   const stacks: Record<string, StackFigures> = {};
   try {
     const makers: Record<string, () => Promise<Stack>> = {

@@ -3,20 +3,17 @@
  * (tables and --json), the 0600 socket that another uid cannot use, and a
  * server that survives malformed requests.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ActorSystem } from '../../src/runtime/actor-system.js';
 import { ControlServer } from '../../src/runtime/control-server.js';
 import { registerSystemMethods } from '../../src/runtime/system-control.js';
 import Counter from '../fixtures/actors/counter.js';
-
-const run = promisify(execFile);
-const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+import { actorctl } from '../support/actorctl.js';
 
 let dir: string;
 let socket: string;
@@ -24,22 +21,7 @@ let system: ActorSystem;
 let control: ControlServer;
 let counterId: number;
 
-async function actorctl(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [
-      '--import',
-      'tsx',
-      cli,
-      ...args,
-      '--socket',
-      socket,
-    ]);
-    return { stdout, stderr, code: 0 };
-  } catch (err) {
-    const e = err as { stdout: string; stderr: string; code: number };
-    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
-  }
-}
+const ctl = (...args: string[]) => actorctl(socket, ...args);
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'actorvm-cli-'));
@@ -62,11 +44,11 @@ afterAll(async () => {
 
 describe('actorctl', () => {
   it('ps lists actors as a table and as JSON', async () => {
-    const table = await actorctl('ps');
+    const table = await ctl('ps');
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/ID.*NAME.*KIND.*WORKER.*STATE.*MAILBOX.*IN.*OUT.*RESTARTS/);
     expect(table.stdout).toContain('counter');
-    const json = await actorctl('ps', '--json');
+    const json = await ctl('ps', '--json');
     const actors = JSON.parse(json.stdout);
     expect(actors).toEqual([
       expect.objectContaining({
@@ -82,17 +64,17 @@ describe('actorctl', () => {
   });
 
   it('inspect prints the immutable state snapshot by id or name', async () => {
-    const byId = JSON.parse((await actorctl('inspect', String(counterId), '--json')).stdout);
+    const byId = JSON.parse((await ctl('inspect', String(counterId), '--json')).stdout);
     expect(byId).toMatchObject({ id: counterId, actorState: { total: 42 } });
-    const byName = JSON.parse((await actorctl('inspect', 'counter')).stdout);
+    const byName = JSON.parse((await ctl('inspect', 'counter')).stdout);
     expect(byName.actorState.total).toBe(42);
-    const missing = await actorctl('inspect', 'nope', '--json');
+    const missing = await ctl('inspect', 'nope', '--json');
     expect(missing.code).toBe(1);
     expect(JSON.parse(missing.stderr).error.code).toBe('ERR_NO_SUCH_ACTOR');
   });
 
   it('rings prints per-ring stats', async () => {
-    const rings = JSON.parse((await actorctl('rings', '--json')).stdout) as {
+    const rings = JSON.parse((await ctl('rings', '--json')).stdout) as {
       name: string;
       records: number;
     }[];
@@ -109,9 +91,7 @@ describe('actorctl', () => {
         wakeups: expect.any(Number),
       });
     }
-    expect((await actorctl('rings')).stdout).toMatch(
-      /RING.*RECORDS.*BYTES.*DEPTH.*HIGH WATER.*FULL.*WAKEUPS/,
-    );
+    expect((await ctl('rings')).stdout).toMatch(/RING.*RECORDS.*BYTES.*DEPTH.*HIGH WATER.*FULL.*WAKEUPS/);
   });
 
   it('creates the socket 0600 in a 0700 directory', () => {
@@ -171,15 +151,7 @@ describe('actorctl', () => {
   });
 
   it('reports a clear error when no system is running', async () => {
-    const r = await run(process.execPath, [
-      '--import',
-      'tsx',
-      cli,
-      'ps',
-      '--json',
-      '--socket',
-      join(dir, 'none.sock'),
-    ]).catch((e) => e);
+    const r = await actorctl(join(dir, 'none.sock'), 'ps', '--json');
     expect(JSON.parse(r.stderr).error.code).toBe('ERR_CONTROL_NOT_RUNNING');
   });
 });

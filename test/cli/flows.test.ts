@@ -1,14 +1,10 @@
 /** `actorctl flows` against a live system whose guest has an open connection through the NAT. */
-import { execFile } from 'node:child_process';
 import net from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { expect, it } from 'vitest';
 import { ControlServer } from '../../src/runtime/control-server.js';
 import { startNetHarness } from '../net/fixtures.js';
-
-const run = promisify(execFile);
-const cli = new URL('../../src/cli/main.ts', import.meta.url).pathname;
+import { actorctl } from '../support/actorctl.js';
 
 it('lists flows with endpoints, state, bytes and age, filtered by sandbox', async () => {
   const h = await startNetHarness();
@@ -41,17 +37,7 @@ it('lists flows with endpoints, state, bytes and age, filtered by sandbox', asyn
       p.stdout.once('data', (d: Buffer) => r(d.toString().trim())),
     );
     expect(greeting).toBe('hello');
-    const { stdout } = await run(process.execPath, [
-      '--import',
-      'tsx',
-      cli,
-      'flows',
-      '--json',
-      '--sandbox',
-      String(g.sandbox),
-      '--socket',
-      socket,
-    ]);
+    const { stdout } = await actorctl(socket, 'flows', '--json', '--sandbox', String(g.sandbox));
     const flows = JSON.parse(stdout);
     expect(flows).toEqual([
       expect.objectContaining({
@@ -65,19 +51,9 @@ it('lists flows with endpoints, state, bytes and age, filtered by sandbox', asyn
         ageMs: expect.any(Number),
       }),
     ]);
-    const table = await run(process.execPath, ['--import', 'tsx', cli, 'flows', '--socket', socket]);
+    const table = await actorctl(socket, 'flows');
     expect(table.stdout).toMatch(/SANDBOX.*PROTO.*GUEST.*REMOTE.*STATE.*TO HOST.*TO GUEST.*AGE/);
-    const none = await run(process.execPath, [
-      '--import',
-      'tsx',
-      cli,
-      'flows',
-      '--json',
-      '--sandbox',
-      '999',
-      '--socket',
-      socket,
-    ]);
+    const none = await actorctl(socket, 'flows', '--json', '--sandbox', '999');
     expect(JSON.parse(none.stdout)).toEqual([]);
     p.stdin!.end();
     await p.result;

@@ -1,17 +1,10 @@
-/**
- * The network stack with a real Linux TCP/IP stack as the guest: a network
- * namespace whose TAP the agent relays to a link actor; commands run inside
- * it through the agent. Every packet stays on this machine: the guest only
- * reaches host loopback through the gateway address, and DNS goes to a
- * dnsmasq bound to loopback.
- */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startDaemon } from '../support/processes.js';
 import { type NetHarness, startNetHarness } from './fixtures.js';
 
 let h: NetHarness;
@@ -33,29 +26,6 @@ afterAll(async () => {
 });
 
 const text = (b: Buffer): string => b.toString('utf8').trim();
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
-
-/** Starts a process and resolves once `ready` appears on its stdout/stderr. */
-function startDaemon(argv: string[], ready: RegExp): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const onData = (d: Buffer) => {
-      out += d.toString();
-      if (ready.test(out)) resolve(child);
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${argv[0]} exited (${code}): ${out}`)));
-  });
-}
 
 describe('network with a real guest kernel', () => {
   it('lets busybox wget reach a host server when allowed, and refuses it otherwise', async () => {

@@ -49,6 +49,18 @@ async function handshake(s: SyntheticShard, port: number, sport: number, window 
   return { iss: synack.seq, next: 1001, synack };
 }
 
+/** A host server plus a completed guest handshake to it; resolves with the accepted host socket. */
+async function connected(s: SyntheticShard, sport: number, onConn: (c: net.Socket) => void = () => {}) {
+  let accept!: (c: net.Socket) => void;
+  const accepted = new Promise<net.Socket>((r) => (accept = r));
+  const { port } = await server((c) => {
+    onConn(c);
+    accept(c);
+  });
+  const { iss, synack } = await handshake(s, port, sport);
+  return { port, iss, synack, host: await accepted };
+}
+
 const nextEvent = <T>(emitter: NodeJS.EventEmitter, event: string): Promise<T> =>
   new Promise((r) => emitter.once(event, r));
 
@@ -56,11 +68,7 @@ describe('flow shard: TCP', () => {
   it('sends SYN-ACK once the host connect succeeds, with our MSS and window scale', async () => {
     const s = shard({ allowHostLoopback: true });
     await s.attach();
-    const accepted = new Promise<net.Socket>((r) => void server(r).then((x) => (port = x.port)));
-    let port = 0;
-    while (port === 0) await new Promise((r) => setImmediate(r));
-    const { synack } = await handshake(s, port, 40000);
-    await accepted;
+    const { synack } = await connected(s, 40000);
     expect(synack.mss).toBe(65480);
     expect(synack.wscale).toBe(7);
     expect(synack.src).toBe(GATEWAY);
@@ -83,17 +91,10 @@ describe('flow shard: TCP', () => {
   it('relays data both ways with correct sequence numbers and acknowledgements', async () => {
     const s = shard({ allowHostLoopback: true });
     await s.attach();
-    let host!: net.Socket;
-    const got = new Promise<Buffer>(
-      (resolve) =>
-        void server((c) => {
-          host = c;
-          c.once('data', resolve);
-        }).then((x) => (port = x.port)),
-    );
-    let port = 0;
-    while (port === 0) await new Promise((r) => setImmediate(r));
-    const { iss } = await handshake(s, port, 40002);
+    let got!: Promise<Buffer>;
+    const { port, iss, host } = await connected(s, 40002, (c) => {
+      got = new Promise((resolve) => c.once('data', resolve));
+    });
     s.sendTcp({
       sport: 40002,
       dport: port,
@@ -117,18 +118,7 @@ describe('flow shard: TCP', () => {
   it('half-closes guest → host: the host sees EOF and can still send until it closes', async () => {
     const s = shard({ allowHostLoopback: true });
     await s.attach();
-    let host!: net.Socket;
-    const accepted = new Promise<void>(
-      (resolve) =>
-        void server((c) => {
-          host = c;
-          resolve();
-        }).then((x) => (port = x.port)),
-    );
-    let port = 0;
-    while (port === 0) await new Promise((r) => setImmediate(r));
-    const { iss } = await handshake(s, port, 40003);
-    await accepted;
+    const { port, iss, host } = await connected(s, 40003);
     const hostEnd = nextEvent(host, 'end');
     host.resume();
     s.sendTcp({ sport: 40003, dport: port, seq: 1001, ack: iss + 1, flags: FIN | ACK });
@@ -146,18 +136,7 @@ describe('flow shard: TCP', () => {
   it('half-closes host → guest: the guest gets FIN and can still send', async () => {
     const s = shard({ allowHostLoopback: true });
     await s.attach();
-    let host!: net.Socket;
-    const accepted = new Promise<void>(
-      (resolve) =>
-        void server((c) => {
-          host = c;
-          resolve();
-        }).then((x) => (port = x.port)),
-    );
-    let port = 0;
-    while (port === 0) await new Promise((r) => setImmediate(r));
-    const { iss } = await handshake(s, port, 40004);
-    await accepted;
+    const { port, iss, host } = await connected(s, 40004);
     const received: Buffer[] = [];
     host.on('data', (d) => received.push(d));
     const hostEnd = nextEvent(host, 'end');
@@ -333,16 +312,7 @@ describe('flow shard: inbound forwards', () => {
   it('turns an accepted host connection into a SYN to the guest and relays both ways', async () => {
     const s = shard();
     await s.attach();
-    const rule = JSON.parse(
-      await s.ask({
-        type: 'forward',
-        sandbox: 1,
-        proto: 6,
-        hostIp: '127.0.0.1',
-        hostPort: 0,
-        guestPort: 8080,
-      }),
-    );
+    const rule = await s.forward(8080);
     expect(rule.hostPort).toBeGreaterThan(0);
     const client = net.connect(rule.hostPort, '127.0.0.1');
     client.on('error', () => {});
@@ -381,16 +351,7 @@ describe('flow shard: inbound forwards', () => {
   it('closes the host connection when the guest refuses it', async () => {
     const s = shard();
     await s.attach();
-    const rule = JSON.parse(
-      await s.ask({
-        type: 'forward',
-        sandbox: 1,
-        proto: 6,
-        hostIp: '127.0.0.1',
-        hostPort: 0,
-        guestPort: 8081,
-      }),
-    );
+    const rule = await s.forward(8081);
     const client = net.connect(rule.hostPort, '127.0.0.1');
     client.on('error', () => {});
     const closed = nextEvent(client, 'close');
@@ -447,29 +408,24 @@ describe('flow shard: bulk transfer', () => {
     const total = 1 << 30;
     const hash = createHash('sha256');
     let received = 0;
-    let host!: net.Socket;
-    const done = new Promise<void>(
-      (resolve) =>
-        void server((c) => {
-          host = c;
-          // A slow reader: every 64 MiB it stops reading for a while.
-          let sincePause = 0;
-          c.on('data', (d: Buffer) => {
-            hash.update(d);
-            received += d.length;
-            sincePause += d.length;
-            if (sincePause >= 64 << 20) {
-              sincePause = 0;
-              c.pause();
-              setTimeout(() => c.resume(), 150);
-            }
-            if (received === total) resolve();
-          });
-        }).then((x) => (port = x.port)),
-    );
-    let port = 0;
-    while (port === 0) await new Promise((r) => setImmediate(r));
-    const { iss } = await handshake(s, port, 45000);
+    let done!: Promise<void>;
+    const { port, iss, host } = await connected(s, 45000, (c) => {
+      // A slow reader: every 64 MiB it stops reading for a while.
+      let sincePause = 0;
+      done = new Promise((resolve) =>
+        c.on('data', (d: Buffer) => {
+          hash.update(d);
+          received += d.length;
+          sincePause += d.length;
+          if (sincePause >= 64 << 20) {
+            sincePause = 0;
+            c.pause();
+            setTimeout(() => c.resume(), 150);
+          }
+          if (received === total) resolve();
+        }),
+      );
+    });
     const mss = 65480;
     const chunk = Buffer.alloc(mss);
     for (let i = 0; i < mss; i++) chunk[i] = (i * 7) & 0xff;

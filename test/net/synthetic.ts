@@ -126,6 +126,23 @@ export class SyntheticShard {
     });
   }
 
+  /** Adds an inbound forward from an ephemeral 127.0.0.1 port; returns the rule. */
+  async forward(
+    guestPort: number,
+    proto = 6,
+  ): Promise<{ hostIp: string; hostPort: number; guestPort: number }> {
+    return JSON.parse(
+      await this.ask({
+        type: 'forward',
+        sandbox: this.sandbox,
+        proto,
+        hostIp: '127.0.0.1',
+        hostPort: 0,
+        guestPort,
+      }),
+    );
+  }
+
   stats(): Promise<Record<string, any>> {
     return this.ask({ type: 'stats' }).then((s) => JSON.parse(s));
   }

@@ -68,12 +68,14 @@ export class DhcpServer {
     // Clients without an address yet get the reply broadcast (RFC 2131 §4.1).
     const toBroadcast = type === DHCPNAK || req.ciaddr === 0 || (req.flags & 0x8000) !== 0;
     return buildUdpFrame(
-      toBroadcast ? BROADCAST_MAC : req.chaddr,
-      this.gatewayMac,
-      this.config.gatewayIp,
-      DHCP_SERVER_PORT,
-      toBroadcast ? 0xffffffff : req.ciaddr,
-      DHCP_CLIENT_PORT,
+      {
+        dstMac: toBroadcast ? BROADCAST_MAC : req.chaddr,
+        srcMac: this.gatewayMac,
+        srcIp: this.config.gatewayIp,
+        srcPort: DHCP_SERVER_PORT,
+        dstIp: toBroadcast ? 0xffffffff : req.ciaddr,
+        dstPort: DHCP_CLIENT_PORT,
+      },
       payload,
     );
   }

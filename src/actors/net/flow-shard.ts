@@ -21,6 +21,7 @@ import { type Actor, type ActorContext, defineActor, type Reply } from '../../ru
 import type { NetConfig } from './config.js';
 import { ShardCounters } from './counters.js';
 import { DnsProxy } from './dns-proxy.js';
+import type { FlowEndpoints } from './flow-base.js';
 import { type FlowHashKey, flowHash } from './flow-hash.js';
 import { FlowTable } from './flow-table.js';
 import { IcmpProxy } from './icmp-proxy.js';
@@ -39,6 +40,48 @@ export interface FlowShardArgs {
 }
 
 type Flow = TcpFlow | UdpFlow;
+
+/** A guest-initiated flow: to `remote` as the guest addressed it, really to `hostIp` (same port). */
+function outbound(
+  hash: number,
+  guestIp: number,
+  guestPort: number,
+  remoteIp: number,
+  remotePort: number,
+  hostIp: number,
+): FlowEndpoints {
+  return {
+    hash,
+    guestIp,
+    guestPort,
+    remoteIp,
+    remotePort,
+    hostIp: ipToString(hostIp),
+    hostPort: remotePort,
+    direction: 'out',
+  };
+}
+
+/** A flow a host peer opened through a forward: the guest sees it coming from the gateway's ephemeral port. */
+function inbound(
+  sb: SandboxNet,
+  guestPort: number,
+  eph: { port: number; hash: number },
+  peerIp: string,
+  peerPort: number,
+): FlowEndpoints {
+  const cfg = sb.config;
+  return {
+    hash: eph.hash,
+    guestIp: cfg.guestIp,
+    guestPort,
+    remoteIp: cfg.gatewayIp,
+    remotePort: eph.port,
+    hostIp: peerIp,
+    hostPort: peerPort,
+    direction: 'in',
+  };
+}
 
 /** Inbound UDP flow → its key in `inboundPeers` (kept off the flow object, which outbound flows share). */
 const peerKeys = new WeakMap<UdpFlow, string>();
@@ -267,18 +310,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       this.sendRst(sb, src, t.srcPort, dst, t.dstPort, 0, seqAdd(t.seq, 1));
       return;
     }
-    const flow = new TcpFlow(
-      this,
-      sb,
-      hash,
-      src,
-      t.srcPort,
-      dst,
-      t.dstPort,
-      ipToString(hostIp),
-      t.dstPort,
-      'out',
-    );
+    const flow = new TcpFlow(this, sb, outbound(hash, src, t.srcPort, dst, t.dstPort, hostIp));
     this.addFlow(flow);
     flow.connect(t);
   }
@@ -287,19 +319,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
     const hostIp = this.admit(sb, 'udp', dst, dport);
     if (hostIp === undefined) return undefined;
     const socket = dgram.createSocket('udp4');
-    const flow = new UdpFlow(
-      this,
-      sb,
-      hash,
-      src,
-      sport,
-      dst,
-      dport,
-      ipToString(hostIp),
-      dport,
-      'out',
-      socket,
-    );
+    const flow = new UdpFlow(this, sb, outbound(hash, src, sport, dst, dport, hostIp), socket);
     this.addFlow(flow);
     return flow;
   }
@@ -322,19 +342,9 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
     ack: number,
     withAck = true,
   ): void {
-    const b = this.builder;
-    const s = b.seg;
-    s.srcIp = remoteIp;
-    s.dstIp = guestIp;
-    s.srcPort = remotePort;
-    s.dstPort = guestPort;
-    s.seq = seq;
-    s.ack = ack;
-    s.flags = withAck ? RST | ACK : RST;
-    s.window = 0;
-    s.mss = 0;
-    s.wscale = -1;
-    b.prepare(sb, undefined, 0, 0);
+    const b = this.builder
+      .set(remoteIp, remotePort, guestIp, guestPort, seq, ack, withAck ? RST | ACK : RST, 0)
+      .prepare(sb, undefined, 0, 0);
     this.counters.framesOut++;
     sb.send(b);
   }
@@ -367,19 +377,12 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       socket.destroy();
       return;
     }
-    const cfg = sb.config;
     const flow = new TcpFlow(
       this,
       sb,
-      eph.hash,
-      cfg.guestIp,
-      guestPort,
-      cfg.gatewayIp,
-      eph.port,
-      socket.remoteAddress ?? '?',
-      socket.remotePort ?? 0,
-      'in',
+      inbound(sb, guestPort, eph, socket.remoteAddress ?? '?', socket.remotePort ?? 0),
     );
+
     this.addFlow(flow);
     flow.accept(socket);
   }
@@ -401,20 +404,8 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         this.counters.refuse('inbound_flow_cap');
         return;
       }
-      const cfg = sb.config;
-      flow = new UdpFlow(
-        this,
-        sb,
-        eph.hash,
-        cfg.guestIp,
-        guestPort,
-        cfg.gatewayIp,
-        eph.port,
-        from.address,
-        from.port,
-        'in',
-        listener,
-      );
+      flow = new UdpFlow(this, sb, inbound(sb, guestPort, eph, from.address, from.port), listener);
+
       this.inboundPeers.set(peer, flow);
       peerKeys.set(flow, peer);
       this.addFlow(flow);

@@ -11,6 +11,7 @@ import type { ActorSystem } from '../../runtime/actor-system.js';
 import type { ControlServer } from '../../runtime/control-server.js';
 import { eligibleWorkers } from '../../runtime/placement.js';
 import type { NetConfig } from './config.js';
+import type { FlowInfo } from './flow-base.js';
 import { type FlowHashKey, flowHash, newFlowHashKey } from './flow-hash.js';
 import FlowShard from './flow-shard.js';
 import type { ShardMessage } from './messages.js';
@@ -21,19 +22,9 @@ export interface NetworkServiceOptions {
   shardsPerWorker?: number;
 }
 
-export interface FlowRow {
-  /** Index of the shard that owns the flow. */
+/** A flow as `actorctl flows` lists it: which shard owns it, and what it is. */
+export interface FlowRow extends FlowInfo {
   shard: number;
-  proto: 'tcp' | 'udp';
-  sandbox: number;
-  direction: 'out' | 'in';
-  guest: string;
-  remote: string;
-  host: string;
-  state: string;
-  bytesToHost: number;
-  bytesToGuest: number;
-  ageMs: number;
 }
 
 /** A sandbox as the network layer remembers it, to re-attach it to a restarted shard. */

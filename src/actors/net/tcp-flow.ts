@@ -40,12 +40,12 @@
  */
 import net from 'node:net';
 import type { Logger } from 'pino';
-import { ipToString } from '../../protocol/net/addr.js';
 import {
   ACK,
   FIN,
   finishTcpChecksum,
   finishTcpChecksumWith,
+  newTcpSegment,
   PSH,
   RST,
   SYN,
@@ -59,7 +59,7 @@ import {
   writeTcpHeaders,
 } from '../../protocol/net/tcp.js';
 import type { ShardCounters } from './counters.js';
-import type { FlowKey } from './flow-table.js';
+import { FlowBase, type FlowEndpoints } from './flow-base.js';
 import type { FrameBuilder } from './messages.js';
 import type { PayloadArena } from './payload-arena.js';
 import type { GuestPathWaiter, SandboxNet } from './sandbox-net.js';
@@ -103,23 +103,39 @@ export interface TcpEnv {
 /** Builds one TCP frame in place (in the ring), payload gathered from a SendQueue. */
 export class TcpFrameBuilder implements FrameBuilder {
   length = 0;
-  readonly seg: TcpSegment = {
-    srcIp: 0,
-    dstIp: 0,
-    srcPort: 0,
-    dstPort: 0,
-    seq: 0,
-    ack: 0,
-    flags: 0,
-    window: 0,
-    mss: 0,
-    wscale: -1,
-  };
+  readonly seg: TcpSegment = newTcpSegment();
   private dstMac!: Uint8Array;
   private srcMac!: Uint8Array;
   private queue: SendQueue | undefined;
   private from = 0;
   private plen = 0;
+
+  /** Sets the segment's fields (all toward the guest); MSS and window scale only go in SYNs. */
+  set(
+    srcIp: number,
+    srcPort: number,
+    dstIp: number,
+    dstPort: number,
+    seq: number,
+    ack: number,
+    flags: number,
+    window: number,
+    mss = 0,
+    wscale = -1,
+  ): this {
+    const s = this.seg;
+    s.srcIp = srcIp;
+    s.srcPort = srcPort;
+    s.dstIp = dstIp;
+    s.dstPort = dstPort;
+    s.seq = seq;
+    s.ack = ack;
+    s.flags = flags;
+    s.window = window;
+    s.mss = mss;
+    s.wscale = wscale;
+    return this;
+  }
 
   prepare(sb: SandboxNet, queue: SendQueue | undefined, from: number, plen: number): this {
     this.dstMac = sb.guestMac;
@@ -146,20 +162,7 @@ export class TcpFrameBuilder implements FrameBuilder {
   }
 }
 
-export interface TcpFlowInfo {
-  proto: 'tcp';
-  sandbox: number;
-  direction: 'out' | 'in';
-  guest: string;
-  remote: string;
-  host: string;
-  state: TcpState;
-  bytesToHost: number;
-  bytesToGuest: number;
-  ageMs: number;
-}
-
-export class TcpFlow implements FlowKey, GuestPathWaiter {
+export class TcpFlow extends FlowBase implements GuestPathWaiter {
   readonly proto = 6;
   state: TcpState;
   socket: net.Socket | undefined;
@@ -194,32 +197,19 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
   private connectTimer: NodeJS.Timeout | undefined;
   private lastActivity: number;
   private lastAdvertised = 0;
-  bytesToHost = 0;
-  bytesToGuest = 0;
-  readonly createdAt = Date.now();
 
   constructor(
     private readonly env: TcpEnv,
-    readonly sb: SandboxNet,
-    readonly hash: number,
-    readonly guestIp: number,
-    readonly guestPort: number,
-    readonly remoteIp: number,
-    readonly remotePort: number,
-    readonly hostIp: string,
-    readonly hostPort: number,
-    readonly direction: 'out' | 'in',
+    sb: SandboxNet,
+    endpoints: FlowEndpoints,
   ) {
+    super(sb, endpoints);
     this.sndUna = this.iss;
     this.sndNxt = this.iss;
     this.sndMax = this.iss;
-    this.state = direction === 'out' ? 'connecting' : 'syn_sent';
+    this.state = endpoints.direction === 'out' ? 'connecting' : 'syn_sent';
     this.lastActivity = Date.now();
     this.queue = new SendQueue(env.arena);
-  }
-
-  get sandbox(): number {
-    return this.sb.id;
   }
 
   // ---- opening -------------------------------------------------------------
@@ -568,19 +558,23 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
   }
 
   private sendSegment(flags: number, seq: number, from: number, plen: number): void {
-    const b = this.env.builder;
-    const s = b.seg;
-    s.srcIp = this.remoteIp;
-    s.dstIp = this.guestIp;
-    s.srcPort = this.remotePort;
-    s.dstPort = this.guestPort;
-    s.seq = seq;
-    s.ack = this.rcvNxt;
-    s.flags = flags;
-    s.window = this.window();
-    s.mss = 0;
-    s.wscale = -1;
-    b.prepare(this.sb, plen > 0 ? this.queue : undefined, from, plen);
+    this.emit(flags, seq, this.rcvNxt, this.window(), from, plen);
+  }
+
+  /** Builds one segment toward the guest (in the ring) and sends it. */
+  private emit(
+    flags: number,
+    seq: number,
+    ack: number,
+    window: number,
+    from = 0,
+    plen = 0,
+    mss = 0,
+    wscale = -1,
+  ): void {
+    const b = this.env.builder
+      .set(this.remoteIp, this.remotePort, this.guestIp, this.guestPort, seq, ack, flags, window, mss, wscale)
+      .prepare(this.sb, plen > 0 ? this.queue : undefined, from, plen);
     this.env.counters.framesOut++;
     this.env.counters.bytesOut += b.length;
     this.sb.send(b);
@@ -605,41 +599,15 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
   }
 
   private sendHandshake(flags: number): void {
-    const b = this.env.builder;
-    const s = b.seg;
-    s.srcIp = this.remoteIp;
-    s.dstIp = this.guestIp;
-    s.srcPort = this.remotePort;
-    s.dstPort = this.guestPort;
-    s.seq = this.iss;
-    s.ack = flags & ACK ? this.rcvNxt : 0;
-    s.flags = flags;
-    s.window = 0xffff; // never scaled in a SYN
-    s.mss = this.sb.config.mtu - 40;
-    // Offer scaling in our SYN; in a SYN-ACK only if the guest offered it.
-    s.wscale = flags === SYN || this.ourShift > 0 ? OUR_WSCALE : -1;
-    b.prepare(this.sb, undefined, 0, 0);
-    this.env.counters.framesOut++;
-    this.sb.send(b);
+    // Never scaled in a SYN; scaling offered in our SYN, and in a SYN-ACK only if the guest offered it.
+    const wscale = flags === SYN || this.ourShift > 0 ? OUR_WSCALE : -1;
+    this.emit(flags, this.iss, flags & ACK ? this.rcvNxt : 0, 0xffff, 0, 0, this.sb.config.mtu - 40, wscale);
   }
 
   /** Sends RST to the guest for this flow. */
   private resetGuest(): void {
     if (this.state === 'closed') return;
-    const b = this.env.builder;
-    const s = b.seg;
-    s.srcIp = this.remoteIp;
-    s.dstIp = this.guestIp;
-    s.srcPort = this.remotePort;
-    s.dstPort = this.guestPort;
-    s.seq = this.state === 'connecting' ? 0 : this.sndNxt;
-    s.ack = this.rcvNxt;
-    s.flags = RST | ACK;
-    s.window = 0;
-    s.mss = 0;
-    s.wscale = -1;
-    b.prepare(this.sb, undefined, 0, 0);
-    this.sb.send(b);
+    this.emit(RST | ACK, this.state === 'connecting' ? 0 : this.sndNxt, this.rcvNxt, 0);
   }
 
   // ---- timers ------------------------------------------------------------------------
@@ -757,24 +725,5 @@ export class TcpFlow implements FlowKey, GuestPathWaiter {
     this.resetGuest();
     this.socket?.resetAndDestroy();
     this.close(reason);
-  }
-
-  describe(): string {
-    return `${ipToString(this.guestIp)}:${this.guestPort}->${ipToString(this.remoteIp)}:${this.remotePort}`;
-  }
-
-  info(now: number): TcpFlowInfo {
-    return {
-      proto: 'tcp',
-      sandbox: this.sb.id,
-      direction: this.direction,
-      guest: `${ipToString(this.guestIp)}:${this.guestPort}`,
-      remote: `${ipToString(this.remoteIp)}:${this.remotePort}`,
-      host: `${this.hostIp}:${this.hostPort}`,
-      state: this.state,
-      bytesToHost: this.bytesToHost,
-      bytesToGuest: this.bytesToGuest,
-      ageMs: now - this.createdAt,
-    };
   }
 }

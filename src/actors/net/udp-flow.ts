@@ -7,10 +7,9 @@
  */
 import type dgram from 'node:dgram';
 import type { Logger } from 'pino';
-import { ipToString } from '../../protocol/net/addr.js';
-import { udpFrameLength, writeUdpFrame } from '../../protocol/net/udp.js';
+import { type UdpEnds, udpFrameLength, writeUdpFrame } from '../../protocol/net/udp.js';
 import type { ShardCounters } from './counters.js';
-import type { FlowKey } from './flow-table.js';
+import { FlowBase, type FlowEndpoints } from './flow-base.js';
 import type { FrameBuilder } from './messages.js';
 import type { SandboxNet } from './sandbox-net.js';
 
@@ -21,60 +20,34 @@ export interface UdpEnv {
   removeUdp(flow: UdpFlow, reason: string): void;
 }
 
-export interface UdpFlowInfo {
-  proto: 'udp';
-  sandbox: number;
-  direction: 'out' | 'in';
-  guest: string;
-  remote: string;
-  host: string;
-  state: 'open' | 'closed';
-  bytesToHost: number;
-  bytesToGuest: number;
-  ageMs: number;
-}
-
 /** Builds a UDP frame toward the guest in place. */
 class UdpFrameBuilder implements FrameBuilder {
   length = 0;
-  private sb!: SandboxNet;
-  private srcIp = 0;
-  private srcPort = 0;
-  private dstIp = 0;
-  private dstPort = 0;
+  private readonly ends: UdpEnds = {
+    dstMac: new Uint8Array(6),
+    srcMac: new Uint8Array(6),
+    srcIp: 0,
+    srcPort: 0,
+    dstIp: 0,
+    dstPort: 0,
+  };
   private payload!: Uint8Array;
 
-  prepare(
-    sb: SandboxNet,
-    srcIp: number,
-    srcPort: number,
-    dstIp: number,
-    dstPort: number,
-    payload: Uint8Array,
-  ): this {
-    this.sb = sb;
-    this.srcIp = srcIp;
-    this.srcPort = srcPort;
-    this.dstIp = dstIp;
-    this.dstPort = dstPort;
+  prepare(sb: SandboxNet, srcIp: number, srcPort: number, dstPort: number, payload: Uint8Array): this {
+    const e = this.ends;
+    e.dstMac = sb.guestMac;
+    e.srcMac = sb.gatewayMac;
+    e.srcIp = srcIp;
+    e.srcPort = srcPort;
+    e.dstIp = sb.config.guestIp;
+    e.dstPort = dstPort;
     this.payload = payload;
     this.length = udpFrameLength(payload.byteLength);
     return this;
   }
 
   write(buf: Uint8Array, off: number): void {
-    const sb = this.sb;
-    writeUdpFrame(
-      buf,
-      off,
-      sb.guestMac,
-      sb.gatewayMac,
-      this.srcIp,
-      this.srcPort,
-      this.dstIp,
-      this.dstPort,
-      this.payload,
-    );
+    writeUdpFrame(buf, off, this.ends, this.payload);
   }
 }
 
@@ -93,7 +66,7 @@ export function sendUdpToGuest(
     counters.drop('udp_guest_backlog'); // datagram semantics: drop rather than buffer without bound
     return;
   }
-  builder.prepare(sb, srcIp, srcPort, sb.config.guestIp, dstPort, payload);
+  builder.prepare(sb, srcIp, srcPort, dstPort, payload);
   counters.framesOut++;
   counters.bytesOut += builder.length;
   sb.send(builder);
@@ -102,12 +75,9 @@ export function sendUdpToGuest(
 /** Datagrams held while a new flow's host socket connects (a few ms at most). */
 const EARLY_LIMIT = 64;
 
-export class UdpFlow implements FlowKey {
+export class UdpFlow extends FlowBase {
   readonly proto = 17;
   state: 'open' | 'closed' = 'open';
-  bytesToHost = 0;
-  bytesToGuest = 0;
-  readonly createdAt = Date.now();
   private lastActivity = Date.now();
   private idleTimer: NodeJS.Timeout | undefined;
   /** Datagrams from the guest before the host socket finished connecting (Node does not queue them). */
@@ -115,26 +85,20 @@ export class UdpFlow implements FlowKey {
 
   constructor(
     private readonly env: UdpEnv,
-    readonly sb: SandboxNet,
-    readonly hash: number,
-    readonly guestIp: number,
-    readonly guestPort: number,
-    readonly remoteIp: number,
-    readonly remotePort: number,
-    readonly hostIp: string,
-    readonly hostPort: number,
-    readonly direction: 'out' | 'in',
+    sb: SandboxNet,
+    endpoints: FlowEndpoints,
     /** Outbound: our own connected socket. Inbound: the forward's listener socket (not ours to close). */
     private readonly socket: dgram.Socket,
   ) {
-    if (direction === 'out') {
+    super(sb, endpoints);
+    if (this.direction === 'out') {
       socket.on('message', (msg) => this.fromHost(msg));
       socket.on('error', () => {
         this.env.counters.drop('udp_host_error');
         this.close('host_error');
       });
       this.early = [];
-      socket.connect(hostPort, hostIp, () => {
+      socket.connect(this.hostPort, this.hostIp, () => {
         const early = this.early ?? [];
         this.early = undefined;
         if (this.state === 'open') for (const d of early) socket.send(d);
@@ -143,10 +107,6 @@ export class UdpFlow implements FlowKey {
     this.armIdle();
     if (env.debug)
       env.log.debug({ event: 'flow.state', proto: 'udp', sandbox: sb.id, flow: this.describe(), to: 'open' });
-  }
-
-  get sandbox(): number {
-    return this.sb.id;
   }
 
   /** A datagram from the guest. The payload is a ring view: send() copies it before returning. */
@@ -195,24 +155,5 @@ export class UdpFlow implements FlowKey {
       });
     }
     this.env.removeUdp(this, reason);
-  }
-
-  describe(): string {
-    return `${ipToString(this.guestIp)}:${this.guestPort}->${ipToString(this.remoteIp)}:${this.remotePort}`;
-  }
-
-  info(now: number): UdpFlowInfo {
-    return {
-      proto: 'udp',
-      sandbox: this.sb.id,
-      direction: this.direction,
-      guest: `${ipToString(this.guestIp)}:${this.guestPort}`,
-      remote: `${ipToString(this.remoteIp)}:${this.remotePort}`,
-      host: `${this.hostIp}:${this.hostPort}`,
-      state: this.state,
-      bytesToHost: this.bytesToHost,
-      bytesToGuest: this.bytesToGuest,
-      ageMs: now - this.createdAt,
-    };
   }
 }

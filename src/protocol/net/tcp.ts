@@ -118,6 +118,22 @@ export interface TcpSegment {
   wscale?: number;
 }
 
+/** A zeroed segment to fill in and reuse. */
+export function newTcpSegment(): TcpSegment {
+  return {
+    srcIp: 0,
+    dstIp: 0,
+    srcPort: 0,
+    dstPort: 0,
+    seq: 0,
+    ack: 0,
+    flags: 0,
+    window: 0,
+    mss: 0,
+    wscale: -1,
+  };
+}
+
 /** Bytes an Ethernet frame for this segment needs. */
 export function tcpFrameLength(seg: TcpSegment, payloadLen: number): number {
   return ETH_HEADER + IPV4_HEADER + TCP_HEADER + optionsLength(seg) + payloadLen;
@@ -185,11 +201,9 @@ export function writeTcpHeaders(
  * one full pass over the data the host→guest path makes.
  */
 export function finishTcpChecksum(buf: Uint8Array, frameOff: number, seg: TcpSegment, plen: number): void {
-  const t = frameOff + ETH_HEADER + IPV4_HEADER;
-  const tcpLen = TCP_HEADER + optionsLength(seg) + plen;
-  const ck = finish(sum16(buf, t, tcpLen, pseudoHeaderSum(seg.srcIp, seg.dstIp, IPPROTO_TCP, tcpLen)));
-  buf[t + 16] = ck >>> 8;
-  buf[t + 17] = ck & 0xff;
+  // Headers are whole 32-bit words, so the payload starts at an even position.
+  const payload = frameOff + ETH_HEADER + IPV4_HEADER + TCP_HEADER + optionsLength(seg);
+  finishTcpChecksumWith(buf, frameOff, seg, plen, plen > 0 ? sum16(buf, payload, plen) : 0);
 }
 
 /**

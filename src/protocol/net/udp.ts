@@ -45,48 +45,40 @@ export function udpFrameLength(payloadLen: number): number {
   return ETH_HEADER + IPV4_HEADER + UDP_HEADER + payloadLen;
 }
 
+/** Who a UDP frame is from and to, on both layers. */
+export interface UdpEnds {
+  dstMac: Uint8Array;
+  srcMac: Uint8Array;
+  srcIp: number;
+  srcPort: number;
+  dstIp: number;
+  dstPort: number;
+}
+
 /** Writes an Ethernet+IPv4+UDP frame at `off`, copying `payload`. Returns the frame length. */
-export function writeUdpFrame(
-  buf: Uint8Array,
-  off: number,
-  dstMac: Uint8Array,
-  srcMac: Uint8Array,
-  srcIp: number,
-  srcPort: number,
-  dstIp: number,
-  dstPort: number,
-  payload: Uint8Array,
-): number {
+export function writeUdpFrame(buf: Uint8Array, off: number, e: UdpEnds, payload: Uint8Array): number {
   const ulen = UDP_HEADER + payload.byteLength;
-  let o = writeEthernet(buf, off, dstMac, srcMac, ETHERTYPE_IPV4);
-  o = writeIpv4Header(buf, o, IPPROTO_UDP, srcIp, dstIp, ulen);
-  buf[o] = srcPort >>> 8;
-  buf[o + 1] = srcPort & 0xff;
-  buf[o + 2] = dstPort >>> 8;
-  buf[o + 3] = dstPort & 0xff;
+  let o = writeEthernet(buf, off, e.dstMac, e.srcMac, ETHERTYPE_IPV4);
+  o = writeIpv4Header(buf, o, IPPROTO_UDP, e.srcIp, e.dstIp, ulen);
+  buf[o] = e.srcPort >>> 8;
+  buf[o + 1] = e.srcPort & 0xff;
+  buf[o + 2] = e.dstPort >>> 8;
+  buf[o + 3] = e.dstPort & 0xff;
   buf[o + 4] = ulen >>> 8;
   buf[o + 5] = ulen & 0xff;
   buf[o + 6] = 0;
   buf[o + 7] = 0;
   buf.set(payload, o + UDP_HEADER);
-  let ck = finish(sum16(buf, o, ulen, pseudoHeaderSum(srcIp, dstIp, IPPROTO_UDP, ulen)));
-  if (ck === 0) ck = 0xffff;
+  let ck = finish(sum16(buf, o, ulen, pseudoHeaderSum(e.srcIp, e.dstIp, IPPROTO_UDP, ulen)));
+  if (ck === 0) ck = 0xffff; // zero means "no checksum"
   buf[o + 6] = ck >>> 8;
   buf[o + 7] = ck & 0xff;
   return o + ulen - off;
 }
 
 /** Convenience: a fresh frame buffer. */
-export function buildUdpFrame(
-  dstMac: Uint8Array,
-  srcMac: Uint8Array,
-  srcIp: number,
-  srcPort: number,
-  dstIp: number,
-  dstPort: number,
-  payload: Uint8Array,
-): Uint8Array {
+export function buildUdpFrame(e: UdpEnds, payload: Uint8Array): Uint8Array {
   const f = new Uint8Array(udpFrameLength(payload.byteLength));
-  writeUdpFrame(f, 0, dstMac, srcMac, srcIp, srcPort, dstIp, dstPort, payload);
+  writeUdpFrame(f, 0, e, payload);
   return f;
 }
