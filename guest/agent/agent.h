@@ -162,6 +162,7 @@ void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void dbg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void set_nonblock(int fd);
 void set_cloexec(int fd);
+ssize_t read_text_file(const char *path, char *buf, size_t size);
 
 /* conn.c */
 struct conn *conn_new(int fd, struct vport *port, bool from_fd);
@@ -244,6 +245,7 @@ int tap_start(const struct tap_config *cfg);
 void tap_on_event(struct ev *e, uint32_t events);
 
 /* transport.c */
+int unix_listen_socket(const char *path, int backlog, const char *who);
 int listen_unix(const char *path);
 int listen_inherited(int fd);
 int serve_fd(int fd);

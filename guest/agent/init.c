@@ -46,17 +46,24 @@ void init_mounts(void)
 	symlink("/proc/self/fd/2", "/dev/stderr");
 }
 
+/* Copies a value into a fixed-size field, NUL-terminated; false when it does not fit. */
+static bool copy_value(char *dst, size_t size, const char *val, size_t vl)
+{
+	if (vl >= size)
+		return false;
+	memcpy(dst, val, vl);
+	dst[vl] = 0;
+	return true;
+}
+
 static void apply_key(struct init_config *cfg, const char *key, const char *val, size_t vl)
 {
 	struct net_settings *ns = &cfg->net;
 	bool ok = true;
 	if (strcmp(key, "hostname") == 0) {
-		ok = vl > 0 && vl < sizeof(ns->hostname);
-		if (ok) {
-			memcpy(ns->hostname, val, vl);
-			ns->hostname[vl] = 0;
+		ok = vl > 0 && copy_value(ns->hostname, sizeof(ns->hostname), val, vl);
+		if (ok)
 			ns->has_hostname = true;
-		}
 	} else if (strcmp(key, "ip") == 0) {
 		ok = avm_parse_cidr(val, vl, &ns->addr, &ns->prefix) == 0;
 		ns->has_addr = ok;
@@ -73,23 +80,11 @@ static void apply_key(struct init_config *cfg, const char *key, const char *val,
 		ok = avm_parse_mac(val, vl, ns->mac) == 0;
 		ns->has_mac = ok;
 	} else if (strcmp(key, "iface") == 0) {
-		ok = vl > 0 && vl < sizeof(ns->ifname);
-		if (ok) {
-			memcpy(ns->ifname, val, vl);
-			ns->ifname[vl] = 0;
-		}
+		ok = vl > 0 && copy_value(ns->ifname, sizeof(ns->ifname), val, vl);
 	} else if (strcmp(key, "modules") == 0) {
-		ok = vl < sizeof(cfg->modules);
-		if (ok) {
-			memcpy(cfg->modules, val, vl);
-			cfg->modules[vl] = 0;
-		}
+		ok = copy_value(cfg->modules, sizeof(cfg->modules), val, vl);
 	} else if (strcmp(key, "port") == 0) {
-		ok = vl > 0 && vl < sizeof(cfg->vport_name);
-		if (ok) {
-			memcpy(cfg->vport_name, val, vl);
-			cfg->vport_name[vl] = 0;
-		}
+		ok = vl > 0 && copy_value(cfg->vport_name, sizeof(cfg->vport_name), val, vl);
 	} else if (strcmp(key, "debug") == 0) {
 		A.verbose = vl == 1 && val[0] == '1';
 	} else {
@@ -106,14 +101,8 @@ static void apply_key(struct init_config *cfg, const char *key, const char *val,
 void init_read_cmdline(struct init_config *cfg)
 {
 	char line[4096];
-	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (read_text_file("/proc/cmdline", line, sizeof(line)) <= 0)
 		return;
-	ssize_t n = read(fd, line, sizeof(line) - 1);
-	close(fd);
-	if (n <= 0)
-		return;
-	line[n] = 0;
 	for (char *save = NULL, *w = strtok_r(line, " \t\n", &save); w; w = strtok_r(NULL, " \t\n", &save)) {
 		if (strncmp(w, "actorvm.", 8) != 0)
 			continue;

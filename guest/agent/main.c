@@ -140,6 +140,20 @@ void dbg(const char *fmt, ...)
 void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 void set_cloexec(int fd) { fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC); }
 
+/* One read of a small file (procfs, sysfs) into buf, NUL-terminated: the
+ * bytes read, or -1 when it cannot be opened or read. */
+ssize_t read_text_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, size - 1);
+	close(fd);
+	if (n >= 0)
+		buf[n] = 0;
+	return n;
+}
+
 /* Registers, re-arms or removes fd so that exactly `want` is watched. A zero
  * mask removes the fd: HUP/ERR are reported whatever the mask says, and a
  * paused fd must stay silent. */

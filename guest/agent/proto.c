@@ -84,125 +84,162 @@ static int get_u64(const uint8_t *v, uint32_t l, uint64_t *out)
  * the agent act on a different string than the host sent. */
 static bool has_nul(const uint8_t *v, uint32_t l) { return memchr(v, 0, l) != NULL; }
 
-int avm_decode_run(const uint8_t *p, size_t n, struct run_req *r, const char **why)
+/* A decoder's handler for one field; returns -1 with *why set to reject the request. */
+typedef int (*tlv_field_fn)(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why);
+
+/* Walks a request's fields in order, handing each to `field`. The first field
+ * it rejects, or a length that runs past the payload, fails the request: every
+ * decoder checks a malformed payload the same way. */
+static int tlv_walk(const uint8_t *p, size_t n, tlv_field_fn field, void *ctx, const char **why)
 {
-	memset(r, 0, sizeof(*r));
 	struct tlv_iter it = {p, p + n};
 	uint8_t tag;
 	const uint8_t *v;
 	uint32_t l;
 	int rc;
-	size_t nargv = 0, nenv = 0, strbytes = 0;
-	bool has_shell = false, has_cwd = false;
-
-	/* Pass 1: validate and size, so pass 2 needs exactly one allocation. */
 	while ((rc = tlv_next(&it, &tag, &v, &l)) > 0) {
-		switch (tag) {
-		case RUN_ARGV:
-		case RUN_ENV:
-		case RUN_SHELL:
-		case RUN_CWD:
-			if (has_nul(v, l)) {
-				*why = "string contains NUL";
-				return -1;
-			}
-			if (tag == RUN_ARGV && ++nargv > AVM_MAX_ARGS) {
-				*why = "too many argv entries";
-				return -1;
-			}
-			if (tag == RUN_ENV) {
-				if (++nenv > AVM_MAX_ARGS) {
-					*why = "too many env entries";
-					return -1;
-				}
-				if (l == 0 || v[0] == '=') {
-					*why = "env entry without a name";
-					return -1;
-				}
-			}
-			if (tag == RUN_SHELL) {
-				if (has_shell) {
-					*why = "shell given twice";
-					return -1;
-				}
-				has_shell = true;
-			}
-			if (tag == RUN_CWD && (l == 0 || has_cwd)) {
-				*why = "bad cwd";
-				return -1;
-			}
-			if (tag == RUN_CWD)
-				has_cwd = true;
-			strbytes += (size_t)l + 1;
-			break;
-		case RUN_LOGIN:
-		case RUN_STDIN:
-		case RUN_CLEAR_ENV: {
-			uint8_t b;
-			if (get_u8(v, l, &b) < 0 || b > 1) {
-				*why = "bad flag field";
-				return -1;
-			}
-			if (tag == RUN_LOGIN)
-				r->login = b;
-			else if (tag == RUN_STDIN)
-				r->stdin_mode = b;
-			else
-				r->clear_env = b;
-			break;
-		}
-		case RUN_TIMEOUT_MS:
-			if (get_u32(v, l, &r->timeout_ms) < 0) {
-				*why = "bad timeout";
-				return -1;
-			}
-			break;
-		default:
-			break;
-		}
+		if (field(ctx, tag, v, l, why) < 0)
+			return -1;
 	}
 	if (rc < 0) {
 		*why = "malformed TLV";
 		return -1;
 	}
-	if (has_shell == (nargv > 0)) {
+	return 0;
+}
+
+/* Pass 1 of avm_decode_run: validates every field and sizes the one block
+ * that pass 2 copies the strings into. */
+struct run_sizing {
+	struct run_req *r;
+	size_t nargv, nenv, strbytes;
+	bool has_shell, has_cwd;
+};
+
+static int run_size_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why)
+{
+	struct run_sizing *z = ctx;
+	switch (tag) {
+	case RUN_ARGV:
+	case RUN_ENV:
+	case RUN_SHELL:
+	case RUN_CWD:
+		if (has_nul(v, l)) {
+			*why = "string contains NUL";
+			return -1;
+		}
+		if (tag == RUN_ARGV && ++z->nargv > AVM_MAX_ARGS) {
+			*why = "too many argv entries";
+			return -1;
+		}
+		if (tag == RUN_ENV) {
+			if (++z->nenv > AVM_MAX_ARGS) {
+				*why = "too many env entries";
+				return -1;
+			}
+			if (l == 0 || v[0] == '=') {
+				*why = "env entry without a name";
+				return -1;
+			}
+		}
+		if (tag == RUN_SHELL) {
+			if (z->has_shell) {
+				*why = "shell given twice";
+				return -1;
+			}
+			z->has_shell = true;
+		}
+		if (tag == RUN_CWD && (l == 0 || z->has_cwd)) {
+			*why = "bad cwd";
+			return -1;
+		}
+		if (tag == RUN_CWD)
+			z->has_cwd = true;
+		z->strbytes += (size_t)l + 1;
+		break;
+	case RUN_LOGIN:
+	case RUN_STDIN:
+	case RUN_CLEAR_ENV: {
+		uint8_t b;
+		if (get_u8(v, l, &b) < 0 || b > 1) {
+			*why = "bad flag field";
+			return -1;
+		}
+		if (tag == RUN_LOGIN)
+			z->r->login = b;
+		else if (tag == RUN_STDIN)
+			z->r->stdin_mode = b;
+		else
+			z->r->clear_env = b;
+		break;
+	}
+	case RUN_TIMEOUT_MS:
+		if (get_u32(v, l, &z->r->timeout_ms) < 0) {
+			*why = "bad timeout";
+			return -1;
+		}
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/* Pass 2: the strings, NUL-terminated, into the block pass 1 sized. */
+struct run_fill {
+	struct run_req *r;
+	char *strs;
+	size_t ai, ei;
+};
+
+static int run_fill_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why)
+{
+	struct run_fill *f = ctx;
+	(void)why; /* nothing left to reject: pass 1 checked every field */
+	if (tag != RUN_ARGV && tag != RUN_ENV && tag != RUN_SHELL && tag != RUN_CWD)
+		return 0;
+	char *s = f->strs;
+	memcpy(s, v, l);
+	s[l] = 0;
+	f->strs += (size_t)l + 1;
+	if (tag == RUN_ARGV)
+		f->r->argv[f->ai++] = s;
+	else if (tag == RUN_ENV)
+		f->r->env[f->ei++] = s;
+	else if (tag == RUN_SHELL)
+		f->r->shell = s;
+	else
+		f->r->cwd = s;
+	return 0;
+}
+
+int avm_decode_run(const uint8_t *p, size_t n, struct run_req *r, const char **why)
+{
+	memset(r, 0, sizeof(*r));
+	struct run_sizing z = {.r = r};
+	if (tlv_walk(p, n, run_size_field, &z, why) < 0)
+		return -1;
+	if (z.has_shell == (z.nargv > 0)) {
 		*why = "exactly one of argv or shell is required";
 		return -1;
 	}
 
-	size_t ptrs = (nargv ? nargv + 1 : 0) + nenv + 1;
-	char *block = malloc(ptrs * sizeof(char *) + strbytes);
+	size_t ptrs = (z.nargv ? z.nargv + 1 : 0) + z.nenv + 1;
+	char *block = malloc(ptrs * sizeof(char *) + z.strbytes);
 	if (!block) {
 		*why = "out of memory";
 		return -1;
 	}
 	char **slots = (char **)(void *)block;
-	char *strs = block + ptrs * sizeof(char *);
 	r->block = block;
-	r->argv = nargv ? slots : NULL;
-	r->env = slots + (nargv ? nargv + 1 : 0);
-	size_t ai = 0, ei = 0;
-
-	it.p = p;
-	while (tlv_next(&it, &tag, &v, &l) > 0) {
-		if (tag != RUN_ARGV && tag != RUN_ENV && tag != RUN_SHELL && tag != RUN_CWD)
-			continue;
-		char *s = strs;
-		memcpy(s, v, l);
-		s[l] = 0;
-		strs += (size_t)l + 1;
-		if (tag == RUN_ARGV)
-			r->argv[ai++] = s;
-		else if (tag == RUN_ENV)
-			r->env[ei++] = s;
-		else if (tag == RUN_SHELL)
-			r->shell = s;
-		else
-			r->cwd = s;
-	}
+	r->argv = z.nargv ? slots : NULL;
+	r->env = slots + (z.nargv ? z.nargv + 1 : 0);
+	struct run_fill f = {.r = r, .strs = block + ptrs * sizeof(char *)};
+	/* Cannot fail: pass 1 walked the same bytes. */
+	(void)tlv_walk(p, n, run_fill_field, &f, why);
 	if (r->argv)
-		r->argv[ai] = NULL;
-	r->env[ei] = NULL;
+		r->argv[f.ai] = NULL;
+	r->env[f.ei] = NULL;
 	return 0;
 }
 
@@ -212,57 +249,64 @@ void avm_run_req_free(struct run_req *r)
 	memset(r, 0, sizeof(*r));
 }
 
+static int path_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why)
+{
+	struct path_req *r = ctx;
+	uint8_t b;
+	switch (tag) {
+	case REQ_PATH:
+		if (l == 0 || l >= sizeof(r->path) || has_nul(v, l)) {
+			*why = "bad path";
+			return -1;
+		}
+		memcpy(r->path, v, l);
+		r->path[l] = 0;
+		break;
+	case REQ_MODE:
+		if (get_u32(v, l, &r->mode) < 0 || r->mode > 07777) {
+			*why = "bad mode";
+			return -1;
+		}
+		r->has_mode = true;
+		break;
+	case REQ_SIZE:
+		if (get_u64(v, l, &r->size) < 0 || r->size > (1ull << 62)) {
+			*why = "bad size";
+			return -1;
+		}
+		r->has_size = true;
+		break;
+	case REQ_NOFOLLOW:
+		if (get_u8(v, l, &b) < 0) {
+			*why = "bad flag field";
+			return -1;
+		}
+		r->nofollow = b != 0;
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
 int avm_decode_path_req(const uint8_t *p, size_t n, struct path_req *r, const char **why)
 {
 	memset(r, 0, sizeof(*r));
-	struct tlv_iter it = {p, p + n};
-	uint8_t tag, b;
-	const uint8_t *v;
-	uint32_t l;
-	int rc;
-	bool has_path = false;
-	while ((rc = tlv_next(&it, &tag, &v, &l)) > 0) {
-		switch (tag) {
-		case REQ_PATH:
-			if (l == 0 || l >= sizeof(r->path) || has_nul(v, l)) {
-				*why = "bad path";
-				return -1;
-			}
-			memcpy(r->path, v, l);
-			r->path[l] = 0;
-			has_path = true;
-			break;
-		case REQ_MODE:
-			if (get_u32(v, l, &r->mode) < 0 || r->mode > 07777) {
-				*why = "bad mode";
-				return -1;
-			}
-			r->has_mode = true;
-			break;
-		case REQ_SIZE:
-			if (get_u64(v, l, &r->size) < 0 || r->size > (1ull << 62)) {
-				*why = "bad size";
-				return -1;
-			}
-			r->has_size = true;
-			break;
-		case REQ_NOFOLLOW:
-			if (get_u8(v, l, &b) < 0) {
-				*why = "bad flag field";
-				return -1;
-			}
-			r->nofollow = b != 0;
-			break;
-		default:
-			break;
-		}
-	}
-	if (rc < 0) {
-		*why = "malformed TLV";
+	if (tlv_walk(p, n, path_field, r, why) < 0)
+		return -1;
+	/* An empty path is rejected above, so an empty field means none was sent. */
+	if (r->path[0] == 0) {
+		*why = "path is required";
 		return -1;
 	}
-	if (!has_path) {
-		*why = "path is required";
+	return 0;
+}
+
+static int shutdown_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why)
+{
+	uint8_t *action = ctx;
+	if (tag == SHUTDOWN_ACTION && (get_u8(v, l, action) < 0 || *action > 1)) {
+		*why = "bad action";
 		return -1;
 	}
 	return 0;
@@ -270,23 +314,8 @@ int avm_decode_path_req(const uint8_t *p, size_t n, struct path_req *r, const ch
 
 int avm_decode_shutdown(const uint8_t *p, size_t n, uint8_t *action, const char **why)
 {
-	struct tlv_iter it = {p, p + n};
-	uint8_t tag;
-	const uint8_t *v;
-	uint32_t l;
-	int rc;
 	*action = 0;
-	while ((rc = tlv_next(&it, &tag, &v, &l)) > 0) {
-		if (tag == SHUTDOWN_ACTION && (get_u8(v, l, action) < 0 || *action > 1)) {
-			*why = "bad action";
-			return -1;
-		}
-	}
-	if (rc < 0) {
-		*why = "malformed TLV";
-		return -1;
-	}
-	return 0;
+	return tlv_walk(p, n, shutdown_field, action, why);
 }
 
 int avm_parse_u32(const char *s, size_t n, uint32_t *out)
@@ -391,75 +420,70 @@ static bool valid_hostname(const uint8_t *v, uint32_t l)
 	return true;
 }
 
+static int net_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why)
+{
+	struct net_settings *s = ctx;
+	const char *cs = (const char *)v;
+	switch (tag) {
+	case NET_IFNAME:
+		if (l == 0 || l >= sizeof(s->ifname) || has_nul(v, l) || memchr(v, '/', l)) {
+			*why = "bad interface name";
+			return -1;
+		}
+		memcpy(s->ifname, v, l);
+		s->ifname[l] = 0;
+		break;
+	case NET_MAC:
+		if (avm_parse_mac(cs, l, s->mac) < 0) {
+			*why = "bad MAC address";
+			return -1;
+		}
+		s->has_mac = true;
+		break;
+	case NET_ADDR:
+		if (avm_parse_cidr(cs, l, &s->addr, &s->prefix) < 0) {
+			*why = "bad address (want a.b.c.d/prefix)";
+			return -1;
+		}
+		s->has_addr = true;
+		break;
+	case NET_GATEWAY:
+		if (avm_parse_ipv4(cs, l, &s->gw) < 0) {
+			*why = "bad gateway";
+			return -1;
+		}
+		s->has_gw = true;
+		break;
+	case NET_DNS:
+		if (avm_parse_dns(cs, l, s) < 0) {
+			*why = "bad DNS server list";
+			return -1;
+		}
+		break;
+	case NET_HOSTNAME:
+		if (!valid_hostname(v, l)) {
+			*why = "bad hostname";
+			return -1;
+		}
+		memcpy(s->hostname, v, l);
+		s->hostname[l] = 0;
+		s->has_hostname = true;
+		break;
+	case NET_MTU:
+		if (get_u32(v, l, &s->mtu) < 0 || s->mtu < 68 || s->mtu > 65535) {
+			*why = "bad MTU";
+			return -1;
+		}
+		s->has_mtu = true;
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
 int avm_decode_net(const uint8_t *p, size_t n, struct net_settings *s, const char **why)
 {
 	memset(s, 0, sizeof(*s));
-	struct tlv_iter it = {p, p + n};
-	uint8_t tag;
-	const uint8_t *v;
-	uint32_t l;
-	int rc;
-	while ((rc = tlv_next(&it, &tag, &v, &l)) > 0) {
-		const char *cs = (const char *)v;
-		switch (tag) {
-		case NET_IFNAME:
-			if (l == 0 || l >= sizeof(s->ifname) || has_nul(v, l) || memchr(v, '/', l)) {
-				*why = "bad interface name";
-				return -1;
-			}
-			memcpy(s->ifname, v, l);
-			s->ifname[l] = 0;
-			break;
-		case NET_MAC:
-			if (avm_parse_mac(cs, l, s->mac) < 0) {
-				*why = "bad MAC address";
-				return -1;
-			}
-			s->has_mac = true;
-			break;
-		case NET_ADDR:
-			if (avm_parse_cidr(cs, l, &s->addr, &s->prefix) < 0) {
-				*why = "bad address (want a.b.c.d/prefix)";
-				return -1;
-			}
-			s->has_addr = true;
-			break;
-		case NET_GATEWAY:
-			if (avm_parse_ipv4(cs, l, &s->gw) < 0) {
-				*why = "bad gateway";
-				return -1;
-			}
-			s->has_gw = true;
-			break;
-		case NET_DNS:
-			if (avm_parse_dns(cs, l, s) < 0) {
-				*why = "bad DNS server list";
-				return -1;
-			}
-			break;
-		case NET_HOSTNAME:
-			if (!valid_hostname(v, l)) {
-				*why = "bad hostname";
-				return -1;
-			}
-			memcpy(s->hostname, v, l);
-			s->hostname[l] = 0;
-			s->has_hostname = true;
-			break;
-		case NET_MTU:
-			if (get_u32(v, l, &s->mtu) < 0 || s->mtu < 68 || s->mtu > 65535) {
-				*why = "bad MTU";
-				return -1;
-			}
-			s->has_mtu = true;
-			break;
-		default:
-			break;
-		}
-	}
-	if (rc < 0) {
-		*why = "malformed TLV";
-		return -1;
-	}
-	return 0;
+	return tlv_walk(p, n, net_field, s, why);
 }

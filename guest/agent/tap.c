@@ -228,31 +228,6 @@ void tap_on_event(struct ev *e, uint32_t events)
 	relay_interest();
 }
 
-/* A listening Unix socket for --tap-listen (a stale socket file is replaced). */
-static int tap_listen(const char *path)
-{
-	struct sockaddr_un sa;
-	struct stat st;
-	if (strlen(path) >= sizeof(sa.sun_path)) {
-		logmsg("tap socket path too long: %s", path);
-		return -1;
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	memset(&sa, 0, sizeof(sa));
-	sa.sun_family = AF_UNIX;
-	strcpy(sa.sun_path, path);
-	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-		unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
-		logmsg("tap listen %s: %s", path, strerror(errno));
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
 int tap_start(const struct tap_config *cfg)
 {
 	struct ifreq ifr;
@@ -285,7 +260,7 @@ int tap_start(const struct tap_config *cfg)
 	R.tap_ev = (struct ev){EV_TAP, 0};
 	R.peer_ev = (struct ev){EV_TAP_PEER, 0};
 	if (cfg->listen_path) {
-		R.listen_fd = tap_listen(cfg->listen_path);
+		R.listen_fd = unix_listen_socket(cfg->listen_path, 4, "tap ");
 		if (R.listen_fd < 0) {
 			close(fd);
 			R.tap_fd = -1;

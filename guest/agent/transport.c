@@ -79,29 +79,40 @@ static int add_listener(int fd)
 	return 0;
 }
 
-int listen_unix(const char *path)
+/* A listening, non-blocking Unix stream socket at `path`, replacing a stale
+ * socket file from a previous run; -1 (logged, prefixed with `who`) on failure.
+ * Shared by the protocol listener and the TAP relay's --tap-listen. */
+int unix_listen_socket(const char *path, int backlog, const char *who)
 {
 	struct sockaddr_un sa;
 	struct stat st;
 	if (strlen(path) >= sizeof(sa.sun_path)) {
-		logmsg("socket path too long: %s", path);
+		logmsg("%ssocket path too long: %s", who, path);
 		return -1;
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		logmsg("socket: %s", strerror(errno));
+		logmsg("%ssocket: %s", who, strerror(errno));
 		return -1;
 	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sun_family = AF_UNIX;
 	strcpy(sa.sun_path, path);
 	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-		unlink(path); /* stale socket from a previous run */
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 128) < 0) {
-		logmsg("listen %s: %s", path, strerror(errno));
+		unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, backlog) < 0) {
+		logmsg("%slisten %s: %s", who, path, strerror(errno));
 		close(fd);
 		return -1;
 	}
+	return fd;
+}
+
+int listen_unix(const char *path)
+{
+	int fd = unix_listen_socket(path, 128, "");
+	if (fd < 0)
+		return -1;
 	A.listen_path = path;
 	return add_listener(fd);
 }
@@ -171,14 +182,8 @@ static bool find_port(const char *name, char *dev, size_t devlen)
 			continue;
 		char p[300], buf[80];
 		snprintf(p, sizeof(p), "/sys/class/virtio-ports/%s/name", de->d_name);
-		int fd = open(p, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		if (read_text_file(p, buf, sizeof(buf)) <= 0)
 			continue;
-		ssize_t n = read(fd, buf, sizeof(buf) - 1);
-		close(fd);
-		if (n <= 0)
-			continue;
-		buf[n] = 0;
 		buf[strcspn(buf, "\n")] = 0;
 		if (strcmp(buf, name) == 0) {
 			snprintf(dev, devlen, "/dev/%s", de->d_name);

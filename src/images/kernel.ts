@@ -82,6 +82,18 @@ export function findKernel(opts: FindKernelOptions = {}): KernelInfo {
   return usable[0];
 }
 
+/** findKernel()'s answer, or why there is no usable kernel (its error message). */
+export type KernelLookup = { ok: true; kernel: KernelInfo } | { ok: false; reason: string };
+
+/** findKernel() for callers that skip or degrade without a kernel rather than fail (availability checks, tests). */
+export function lookupKernel(opts: FindKernelOptions = {}): KernelLookup {
+  try {
+    return { ok: true, kernel: findKernel(opts) };
+  } catch (err) {
+    return { ok: false, reason: (err as Error).message };
+  }
+}
+
 /** Host paths of the named modules, from the kernel's modules.dep. */
 export function resolveModules(kernel: KernelInfo, names: readonly string[] = GUEST_MODULES): string[] {
   const depFile = join(kernel.modulesDir, 'modules.dep');

@@ -5,26 +5,17 @@
  * scripts/setup.sh); skipped where they are missing.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AgentClient, agentBinaryPath } from '../../src/agent/index.js';
+import { GUEST_MODULES, lookupKernel, resolveModules } from '../../src/images/kernel.js';
 import { tempDir, waitFor } from './helpers.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
-const kernels = existsSync('/boot') ? readdirSync('/boot').filter((f) => /^vmlinuz-.*cloud/.test(f)) : [];
-const KERNEL = kernels.length ? join('/boot', kernels.sort().at(-1)!) : '';
-const MODULES_DIR = KERNEL ? join('/lib/modules', KERNEL.slice('/boot/vmlinuz-'.length)) : '';
-const MODULES = [
-  'virtio_ring',
-  'virtio',
-  'virtio_mmio',
-  'failover',
-  'net_failover',
-  'virtio_net',
-  'virtio_console',
-];
-const available = existsSync(QEMU) && KERNEL !== '' && existsSync(MODULES_DIR) && existsSync('/bin/busybox');
+const found = lookupKernel();
+const kernel = found.ok ? found.kernel : undefined;
+const available = existsSync(QEMU) && kernel !== undefined && existsSync('/bin/busybox');
 
 /** An initramfs with the agent as /init, busybox, and the virtio modules (no /dev/console: the agent copes). */
 function buildInitramfs(dir: string): string {
@@ -34,12 +25,8 @@ function buildInitramfs(dir: string): string {
   copyFileSync('/bin/busybox', join(root, 'bin/busybox'));
   for (const tool of ['sh', 'cat', 'ip', 'hostname', 'mount', 'sleep', 'ls'])
     symlinkSync('busybox', join(root, 'bin', tool));
-  for (const m of MODULES) {
-    const found = execFileSync('find', [MODULES_DIR, '-name', `${m}.ko`], { encoding: 'utf8' })
-      .trim()
-      .split('\n')[0];
-    copyFileSync(found, join(root, 'lib/modules', `${m}.ko`));
-  }
+  for (const [i, path] of resolveModules(kernel!).entries())
+    copyFileSync(path, join(root, 'lib/modules', `${GUEST_MODULES[i]}.ko`));
   const image = join(dir, 'initrd.cpio');
   execFileSync('sh', ['-c', `cd "${root}" && find . | cpio -o -H newc --quiet > "${image}"`]);
   return image;
@@ -52,7 +39,7 @@ function bootVm(dir: string, socket: string): ChildProcess {
     // about one time in five; a given frequency skips the calibration.
     'tsc_early_khz=2000000',
     'actorvm.debug=1',
-    `actorvm.modules=${MODULES.join(',')}`,
+    `actorvm.modules=${GUEST_MODULES.join(',')}`,
     'actorvm.ip=10.0.2.15/24',
     'actorvm.gw=10.0.2.2',
     'actorvm.dns=10.0.2.3',
@@ -61,7 +48,7 @@ function bootVm(dir: string, socket: string): ChildProcess {
   // biome-ignore format: one QEMU option per line
   const args = [
     '-M', 'microvm', '-accel', 'tcg', '-m', '256', '-no-user-config', '-nographic', '-no-reboot',
-    '-kernel', KERNEL, '-initrd', buildInitramfs(dir), '-append', cmdline,
+    '-kernel', kernel!.path, '-initrd', buildInitramfs(dir), '-append', cmdline,
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${socket},server=on,wait=off`,
     '-device', 'virtserialport,chardev=agent,name=agent',

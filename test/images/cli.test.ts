@@ -8,14 +8,9 @@ import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { registerImageCommands, specFromFlags } from '../../src/cli/commands/image.js';
-import { findKernel } from '../../src/images/index.js';
+import { lookupKernel } from '../../src/images/kernel.js';
 
-let kernelMissing = '';
-try {
-  findKernel();
-} catch (err) {
-  kernelMissing = (err as Error).message;
-}
+const kernel = lookupKernel();
 
 let home: string;
 beforeAll(() => {
@@ -56,46 +51,43 @@ describe('image build flags', () => {
   });
 });
 
-describe.skipIf(kernelMissing !== '')(
-  `actorctl image${kernelMissing ? ` — skipped: ${kernelMissing}` : ''}`,
-  () => {
-    it('build --json, then again (cached), ls --json, rm --json', async () => {
-      const built = JSON.parse(await actorctl('image', 'build', '--json'));
-      expect(built).toMatchObject({ name: 'base', fromCache: false });
-      expect(built.id).toMatch(/^[0-9a-f]{16}$/);
-      const again = JSON.parse(await actorctl('image', 'build', '--json'));
-      expect(again).toMatchObject({ id: built.id, fromCache: true });
+describe.skipIf(!kernel.ok)(`actorctl image${kernel.ok ? '' : ` — skipped: ${kernel.reason}`}`, () => {
+  it('build --json, then again (cached), ls --json, rm --json', async () => {
+    const built = JSON.parse(await actorctl('image', 'build', '--json'));
+    expect(built).toMatchObject({ name: 'base', fromCache: false });
+    expect(built.id).toMatch(/^[0-9a-f]{16}$/);
+    const again = JSON.parse(await actorctl('image', 'build', '--json'));
+    expect(again).toMatchObject({ id: built.id, fromCache: true });
 
-      const custom = JSON.parse(
-        await actorctl(
-          'image',
-          'build',
-          '--name',
-          'custom',
-          '--env',
-          'GREETING=hi there',
-          '--file',
-          `/etc/hostname-copy=/etc/hostname`,
-          '--json',
-        ),
-      );
-      expect(custom).toMatchObject({ name: 'custom', env: { GREETING: 'hi there' } });
+    const custom = JSON.parse(
+      await actorctl(
+        'image',
+        'build',
+        '--name',
+        'custom',
+        '--env',
+        'GREETING=hi there',
+        '--file',
+        `/etc/hostname-copy=/etc/hostname`,
+        '--json',
+      ),
+    );
+    expect(custom).toMatchObject({ name: 'custom', env: { GREETING: 'hi there' } });
 
-      const list = JSON.parse(await actorctl('image', 'ls', '--json')) as { id: string; names: string[] }[];
-      expect(list.map((i) => i.names[0]).sort()).toEqual(['base', 'custom']);
+    const list = JSON.parse(await actorctl('image', 'ls', '--json')) as { id: string; names: string[] }[];
+    expect(list.map((i) => i.names[0]).sort()).toEqual(['base', 'custom']);
 
-      const removed = JSON.parse(await actorctl('image', 'rm', 'custom', '--json'));
-      expect(removed.removed).toMatchObject({ id: custom.id, name: 'custom' });
-      const after = JSON.parse(await actorctl('image', 'ls', '--json')) as { id: string }[];
-      expect(after.map((i) => i.id)).toEqual([built.id]);
-      await expect(actorctl('image', 'rm', 'custom', '--json')).rejects.toMatchObject({
-        code: 'ERR_IMAGE_NOT_FOUND',
-      });
+    const removed = JSON.parse(await actorctl('image', 'rm', 'custom', '--json'));
+    expect(removed.removed).toMatchObject({ id: custom.id, name: 'custom' });
+    const after = JSON.parse(await actorctl('image', 'ls', '--json')) as { id: string }[];
+    expect(after.map((i) => i.id)).toEqual([built.id]);
+    await expect(actorctl('image', 'rm', 'custom', '--json')).rejects.toMatchObject({
+      code: 'ERR_IMAGE_NOT_FOUND',
     });
+  });
 
-    it('prints a table and plain lines without --json', async () => {
-      expect(await actorctl('image', 'build')).toMatch(/^(built|cached) base [0-9a-f]{16} \(/);
-      expect(await actorctl('image', 'ls')).toMatch(/base/);
-    });
-  },
-);
+  it('prints a table and plain lines without --json', async () => {
+    expect(await actorctl('image', 'build')).toMatch(/^(built|cached) base [0-9a-f]{16} \(/);
+    expect(await actorctl('image', 'ls')).toMatch(/base/);
+  });
+});

@@ -2,16 +2,12 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { findKernel } from '../../src/images/kernel.js';
+import { lookupKernel } from '../../src/images/kernel.js';
 import { extractVmlinux, isPvhVmlinux, lz4LegacyDecode } from '../../src/images/vmlinux.js';
 import { tempDir } from '../vm/helpers.js';
 
-let kernel = '';
-try {
-  kernel = findKernel().path;
-} catch {
-  // no cloud kernel on this host
-}
+const found = lookupKernel();
+const kernel = found.ok ? found.kernel.path : '';
 
 describe('vmlinux extraction', () => {
   it('decodes LZ4 legacy frames: literals, overlapping matches, a final literal run', () => {

@@ -1,8 +1,8 @@
 /**
  * Shared fixtures for the backend suites: the base image (built once into a
  * content-addressed cache shared by test files and runs), a logger that
- * records events, machine specs, /proc observation, and a tiny network on the
- * host side of a frame stream that answers ARP and ICMP echo.
+ * records events, machine specs (test-machine.ts, which child-process fixtures
+ * use too), cleanup after each test and /proc observation.
  */
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,13 +14,13 @@ import type { MachineSpec } from '../../src/actors/vm/backends/machine.js';
 import { agentBinaryPath } from '../../src/agent/index.js';
 import { type BuiltImage, type ImageSpec, ImageStore } from '../../src/images/index.js';
 import type { Logger } from '../../src/runtime/logger.js';
+import { IMAGE_HOME, testMachineSpec } from './test-machine.js';
+
+export { IMAGE_HOME };
 
 if (!existsSync(agentBinaryPath())) {
   throw new Error(`agent binary missing at ${agentBinaryPath()}: run \`npm run build:agent\``);
 }
-
-/** Images are content-addressed, so every test file and run can share one store. */
-export const IMAGE_HOME = join(tmpdir(), 'actorvm-test-images');
 
 export function imageStore(): ImageStore {
   return new ImageStore({ home: IMAGE_HOME });
@@ -73,31 +73,14 @@ export function recordingLogger(): RecordingLogger {
 
 let seq = 0;
 
+/** A test machine with a fresh id, logging to `log`. */
 export function machineSpec(
   image: BuiltImage,
   runDir: string,
   log: Logger,
   over: Partial<MachineSpec> = {},
 ): MachineSpec {
-  const id = `t${process.pid}-${++seq}`;
-  return {
-    id,
-    image,
-    memoryMiB: 256,
-    cpus: 1,
-    runDir,
-    log,
-    net: {
-      ip: '10.0.2.15',
-      prefix: 24,
-      gateway: '10.0.2.2',
-      dns: '10.0.2.3',
-      mtu: 1500,
-      mac: '52:54:00:12:34:56',
-      hostname: 'sbx-test',
-    },
-    ...over,
-  };
+  return testMachineSpec(`t${process.pid}-${++seq}`, image, runDir, { log, ...over });
 }
 
 export const processAlive = (pid: number): boolean => {

@@ -5,7 +5,6 @@
  * without leftovers; a setup that fails; dying with the process that started
  * it. Skipped (with the reason) where the host cannot create the namespaces.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +13,12 @@ import { backendAvailable } from '../../src/actors/vm/backends/availability.js';
 import { startNamespaceMachine } from '../../src/actors/vm/backends/namespace.js';
 import { hasCode } from '../../src/errors.js';
 import { spawnWorker } from '../../src/runtime/spawn-worker.js';
+import {
+  expectGuestBasics,
+  expectLifecycleLogged,
+  GREETING_ENV,
+  holdMachineInChild,
+} from './backend-checks.js';
 import { FakeNetwork } from './fake-net.js';
 import {
   baseImage,
@@ -35,9 +40,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     const image = await baseImage();
     const runDir = join(tempDir(), 'run');
     const rec = recordingLogger();
-    const m = await startNamespaceMachine(
-      machineSpec(image, runDir, rec.log, { env: { GREETING: 'hello world' } }),
-    );
+    const m = await startNamespaceMachine(machineSpec(image, runDir, rec.log, { env: GREETING_ENV }));
     onCleanup(() => m.stop({ graceMs: 0 }));
     expect(m.backend).toBe('namespace');
     expect(processAlive(m.pid)).toBe(true);
@@ -46,18 +49,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     const agent = await m.connectAgent();
     expect(agent.hello.pid).toBe(1);
     expect(agent.hello.capabilities).toContain('tap_relay');
-    expect((await agent.exec({ argv: ['true'] })).exitCode).toBe(0);
-    const echo = await agent.exec({ shell: 'echo "$GREETING"; hostname; exit 3' });
-    expect(echo.exitCode).toBe(3);
-    expect(echo.stdout.toString()).toBe('hello world\nsbx-test\n');
-
-    const ping = await agent.exec({ argv: ['ping', '-c', '1', '-W', '5', '10.0.2.2'] });
-    expect(net.arpRequests).toContainEqual({
-      senderMac: '52:54:00:12:34:56',
-      senderIp: '10.0.2.15',
-      targetIp: '10.0.2.2',
-    });
-    expect(ping.exitCode).toBe(0);
+    await expectGuestBasics(agent, net);
 
     // Reconnect: the agent listens inside the sandbox, reached through /proc/<pid>/root.
     agent.close();
@@ -71,15 +63,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     for (const p of outer) expect(processAlive(p)).toBe(false);
     expect(listDir(runDir)).toEqual([]);
     await m.stop();
-    expect(rec.events()).toEqual(
-      expect.arrayContaining([
-        'vm.process_started',
-        'vm.agent_connected',
-        'vm.stopping',
-        'vm.exited',
-        'vm.stopped',
-      ]),
-    );
+    expectLifecycleLogged(rec);
   });
 
   it('isolates processes, hostname, network, mounts and writes; maps ids 0–65535', async () => {
@@ -174,22 +158,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
   it('dies with the process that started it, even when that process is SIGKILLed', async () => {
     const runDir = join(tempDir(), 'run');
     await baseImage();
-    const fixture = new URL('./fixtures/hold-machine.ts', import.meta.url).pathname;
-    const holder = spawn(process.execPath, ['--import', 'tsx', fixture, 'namespace', IMAGE_HOME, runDir], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    onCleanup(() => {
-      holder.kill('SIGKILL');
-    });
-    const line = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      holder.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('\n')) resolve(out.split('\n')[0]);
-      });
-      holder.once('exit', (code) => reject(new Error(`holder exited (${code}) before starting the sandbox`)));
-    });
-    const { pid } = JSON.parse(line) as { pid: number };
+    const { holder, pid } = await holdMachineInChild('namespace', runDir);
     await waitFor('the sandbox init', () => processAlive(pid));
     const outer = pidsWithArg(runDir);
     holder.kill('SIGKILL');

@@ -5,7 +5,6 @@
  * probe; QEMU dying with the process that started it. Skipped (with the
  * reason) where the host lacks QEMU or Debian's cloud kernel.
  */
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -14,6 +13,12 @@ import { probeAccelDetailed } from '../../src/actors/vm/backends/kvm-probe.js';
 import { startQemuMachine } from '../../src/actors/vm/backends/qemu.js';
 import { hasCode } from '../../src/errors.js';
 import { writeCpioGz } from '../../src/images/cpio.js';
+import {
+  expectGuestBasics,
+  expectLifecycleLogged,
+  GREETING_ENV,
+  holdMachineInChild,
+} from './backend-checks.js';
 import { FakeNetwork } from './fake-net.js';
 import {
   baseImage,
@@ -35,7 +40,7 @@ describe.skipIf(!avail.ok)(`QEMU backend${avail.ok ? '' : ` — skipped: ${avail
     const image = await baseImage();
     const runDir = join(tempDir(), 'run');
     const rec = recordingLogger();
-    const spec = machineSpec(image, runDir, rec.log, { env: { GREETING: 'hello world' } });
+    const spec = machineSpec(image, runDir, rec.log, { env: GREETING_ENV });
     const m = await startQemuMachine(spec, { accel: 'auto', home: IMAGE_HOME });
     onCleanup(() => m.stop({ graceMs: 0 }));
     expect(m.backend).toBe('qemu');
@@ -48,20 +53,7 @@ describe.skipIf(!avail.ok)(`QEMU backend${avail.ok ? '' : ` — skipped: ${avail
 
     const agent = await m.connectAgent();
     expect(agent.hello).toMatchObject({ pid: 1, init: true });
-    expect((await agent.exec({ argv: ['true'] })).exitCode).toBe(0);
-    const echo = await agent.exec({ shell: 'echo "$GREETING"; hostname; exit 3' });
-    expect(echo.exitCode).toBe(3);
-    expect(echo.stdout.toString()).toBe('hello world\nsbx-test\n');
-
-    // The guest's ARP and ICMP travel on `frames`; FakeNetwork answers both.
-    const ping = await agent.exec({ argv: ['ping', '-c', '1', '-W', '5', '10.0.2.2'] });
-    expect(net.arpRequests).toContainEqual({
-      senderMac: '52:54:00:12:34:56',
-      senderIp: '10.0.2.15',
-      targetIp: '10.0.2.2',
-    });
-    expect(ping.exitCode).toBe(0);
-    expect(net.echoReplies).toBeGreaterThanOrEqual(1);
+    await expectGuestBasics(agent, net);
 
     // A second host session on the same port (RESET, fresh HELLO).
     agent.close();
@@ -75,15 +67,7 @@ describe.skipIf(!avail.ok)(`QEMU backend${avail.ok ? '' : ` — skipped: ${avail
     expect(listDir(runDir)).toEqual([]);
     expect(pidsWithArg(runDir)).toEqual([]);
     await m.stop(); // idempotent
-    expect(rec.events()).toEqual(
-      expect.arrayContaining([
-        'vm.process_started',
-        'vm.agent_connected',
-        'vm.stopping',
-        'vm.exited',
-        'vm.stopped',
-      ]),
-    );
+    expectLifecycleLogged(rec);
   });
 
   it('fails connectAgent promptly with ERR_VM_EXITED and the console tail when the guest dies at boot', async () => {
@@ -141,22 +125,7 @@ describe.skipIf(!avail.ok)(`QEMU backend${avail.ok ? '' : ` — skipped: ${avail
   it('dies with the process that started it, even when that process is SIGKILLed', async () => {
     const runDir = join(tempDir(), 'run');
     await baseImage();
-    const fixture = new URL('./fixtures/hold-machine.ts', import.meta.url).pathname;
-    const holder = spawn(process.execPath, ['--import', 'tsx', fixture, 'qemu', IMAGE_HOME, runDir], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    onCleanup(() => {
-      holder.kill('SIGKILL');
-    });
-    const line = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      holder.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        if (out.includes('\n')) resolve(out.split('\n')[0]);
-      });
-      holder.once('exit', (code) => reject(new Error(`holder exited (${code}) before starting QEMU`)));
-    });
-    const { pid } = JSON.parse(line) as { pid: number };
+    const { holder, pid } = await holdMachineInChild('qemu', runDir);
     expect(processAlive(pid)).toBe(true);
     holder.kill('SIGKILL');
     await waitFor('QEMU to die with its parent', () => !processAlive(pid));

@@ -9,7 +9,7 @@ import { execFile } from 'node:child_process';
 import { constants, existsSync, readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { findKernel } from '../../../images/kernel.js';
+import { lookupKernel } from '../../../images/kernel.js';
 import { QEMU_BINARY } from './kvm-probe.js';
 import { SETPRIV } from './launcher.js';
 import type { BackendKind } from './machine.js';
@@ -28,11 +28,8 @@ async function checkQemu(): Promise<BackendAvailability> {
   if (!existsSync(QEMU_BINARY))
     return { ok: false, reason: `${QEMU_BINARY} missing (apt-get install qemu-system-x86)` };
   if (!existsSync(SETPRIV)) return { ok: false, reason: `${SETPRIV} missing (util-linux)` };
-  try {
-    findKernel();
-  } catch (err) {
-    return { ok: false, reason: (err as Error).message };
-  }
+  const kernel = lookupKernel();
+  if (!kernel.ok) return { ok: false, reason: kernel.reason };
   try {
     const { stdout } = await run(QEMU_BINARY, ['-M', 'help'], { timeout: 10_000 });
     if (!/^microvm\s/m.test(stdout)) return { ok: false, reason: `${QEMU_BINARY} has no microvm machine` };

@@ -39,9 +39,9 @@ import { access, mkdir, symlink, writeFile } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import type { AgentClient } from '../../../agent/client.js';
 import type { Logger } from '../../../runtime/logger.js';
 import { dialAgent } from './agent-dial.js';
+import { AgentSessions } from './agent-sessions.js';
 import {
   addToCgroup,
   type CgroupSupport,
@@ -55,13 +55,14 @@ import { killQuietly, launchWithDeathSignal } from './launcher.js';
 import {
   checkSpec,
   DEFAULT_AGENT_TIMEOUT_MS,
-  DEFAULT_GRACE_MS,
   type Machine,
   type MachineExit,
   type MachineSpec,
 } from './machine.js';
+import { watchMachineProcess } from './machine-process.js';
 import { clearRunDir, prepareRunDir } from './run-dir.js';
 import { connectedPair } from './socket-pair.js';
+import { stopSequence } from './stop-sequence.js';
 
 export const UNSHARE = '/usr/bin/unshare';
 
@@ -270,12 +271,8 @@ export async function startNamespaceMachine(
     });
   }
   frames.peer.destroy();
-  child.stdout?.on('data', (d: Buffer) => consoleBuf.write(d));
-  child.stderr?.on('data', (d: Buffer) => consoleBuf.write(d));
-  const exited = new Promise<MachineExit>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-    child.once('error', () => resolve({ code: null, signal: null }));
-  });
+  const proc = watchMachineProcess(child, consoleBuf);
+  const exited = proc.exited;
   const outerPid = child.pid ?? -1;
   const sync = (child.stdio as unknown[])[5] as Socket;
   const readyPipe = child.stdio[3] as Readable;
@@ -297,7 +294,9 @@ export async function startNamespaceMachine(
     log.debug({ event: 'vm.frames_error', err: err.message }, 'frames socket error'),
   );
 
+  const sessions = new AgentSessions();
   const cleanup = async (): Promise<void> => {
+    sessions.closeAll();
     framesSock.destroy();
     sync.destroy();
     readyPipe.destroy();
@@ -369,17 +368,29 @@ export async function startNamespaceMachine(
     `sandbox ${spec.id} started (namespaces)`,
   );
 
-  let stopping = false;
-  let stopped: Promise<void> | undefined;
   let connectedOnce = false;
-  const clients = new Set<AgentClient>();
-  void exited.then((exit) =>
-    log.info(
-      { event: 'vm.exited', id: spec.id, pid, code: exit.code, signal: exit.signal, expected: stopping },
-      `sandbox ${spec.id} exited`,
-    ),
-  );
-  const alive = (): boolean => child.exitCode === null && child.signalCode === null;
+  const stop = stopSequence({
+    id: spec.id,
+    pid,
+    log,
+    noun: 'sandbox',
+    process: proc,
+    async powerOff(graceMs) {
+      // Before the agent serves, PID 1 is the setup shell, which ignores SIGTERM: nothing to be graceful with.
+      if (!agentServing) return;
+      const client = sessions.anyOpen();
+      // As PID 1 the agent terminates everything and calls reboot(), which ends the pid namespace.
+      if (client) await client.shutdown({ timeoutMs: graceMs }).catch(() => {});
+      else killQuietly(pid, 'SIGTERM'); // the agent handles SIGTERM as power off
+      await proc.waitExit(graceMs);
+    },
+    kill() {
+      // unshare's --kill-child takes the namespace's init with it; kill both to be sure.
+      killQuietly(outerPid, 'SIGKILL');
+      killQuietly(pid, 'SIGKILL');
+    },
+    cleanup,
+  });
 
   return {
     backend: 'namespace',
@@ -430,39 +441,8 @@ export async function startNamespaceMachine(
           `sandbox ${spec.id}: agent ready`,
         );
       }
-      clients.add(client);
-      void client.closed.then(() => clients.delete(client));
-      return client;
+      return sessions.add(client);
     },
-    stop(sopts = {}) {
-      stopped ??= (async () => {
-        stopping = true;
-        const graceMs = sopts.graceMs ?? DEFAULT_GRACE_MS;
-        log.info({ event: 'vm.stopping', id: spec.id, graceMs }, `stopping sandbox ${spec.id}`);
-        const waitExit = (ms: number): Promise<boolean> =>
-          Promise.race([
-            exited.then(() => true),
-            new Promise<boolean>((r) => setTimeout(() => r(false), ms)),
-          ]);
-        // Before the agent serves, PID 1 is the setup shell, which ignores SIGTERM: nothing to be graceful with.
-        if (alive() && graceMs > 0 && agentServing) {
-          const client = [...clients].find((c) => !c.isClosed);
-          // As PID 1 the agent terminates everything and calls reboot(), which ends the pid namespace.
-          if (client) await client.shutdown({ timeoutMs: graceMs }).catch(() => {});
-          else killQuietly(pid, 'SIGTERM'); // the agent handles SIGTERM as power off
-          await waitExit(graceMs);
-        }
-        if (alive()) {
-          // unshare's --kill-child takes the namespace's init with it; kill both to be sure.
-          killQuietly(outerPid, 'SIGKILL');
-          killQuietly(pid, 'SIGKILL');
-        }
-        await exited;
-        for (const c of clients) c.close();
-        await cleanup();
-        log.info({ event: 'vm.stopped', id: spec.id }, `sandbox ${spec.id} stopped`);
-      })();
-      return stopped;
-    },
+    stop,
   };
 }

@@ -25,8 +25,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AgentClient } from '../../../agent/client.js';
 import { dialAgent } from './agent-dial.js';
+import { AgentSessions } from './agent-sessions.js';
 import { ConsoleBuffer } from './console-buffer.js';
 import { tailForMessage, VmError, VmErrorCode, VmExitedError, VmSpecError } from './errors.js';
 import { probeAccel, QEMU_BINARY } from './kvm-probe.js';
@@ -35,14 +35,14 @@ import {
   type Accel,
   checkSpec,
   DEFAULT_AGENT_TIMEOUT_MS,
-  DEFAULT_GRACE_MS,
   type Machine,
-  type MachineExit,
   type MachineSpec,
 } from './machine.js';
+import { watchMachineProcess } from './machine-process.js';
 import { QmpClient } from './qmp.js';
 import { clearRunDir, prepareRunDir } from './run-dir.js';
 import { connectedPair } from './socket-pair.js';
+import { stopSequence } from './stop-sequence.js';
 
 export interface QemuOptions {
   /** `auto` (default) probes once per host (kvm-probe.ts). */
@@ -218,12 +218,8 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
   frames.peer.destroy();
   qmpPair.peer.destroy();
   const startedAt = performance.now();
-  child.stdout?.on('data', (d: Buffer) => consoleBuf.write(d));
-  child.stderr?.on('data', (d: Buffer) => consoleBuf.write(d));
-  const exited = new Promise<MachineExit>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-    child.once('error', () => resolve({ code: null, signal: null }));
-  });
+  const proc = watchMachineProcess(child, consoleBuf);
+  const exited = proc.exited;
   const pid = child.pid ?? -1;
   const framesSock: Socket = frames.host;
   framesSock.on('error', (err) =>
@@ -231,25 +227,35 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
   );
   const qmp = new QmpClient(qmpPair.host);
 
-  let stopping = false;
-  let stopped: Promise<void> | undefined;
   let helloSeen = false;
-  const clients = new Set<AgentClient>();
-
-  void exited.then((exit) => {
-    log.info(
-      { event: 'vm.exited', id: spec.id, pid, code: exit.code, signal: exit.signal, expected: stopping },
-      `machine ${spec.id} exited`,
-    );
-  });
+  const sessions = new AgentSessions();
 
   const cleanup = async (): Promise<void> => {
-    for (const c of clients) c.close();
+    sessions.closeAll();
     qmp.close();
     framesSock.destroy();
     await clearRunDir(spec.runDir);
     if (socketDir) rmSync(socketDir, { recursive: true, force: true });
   };
+  const stop = stopSequence({
+    id: spec.id,
+    pid,
+    log,
+    noun: 'machine',
+    process: proc,
+    async powerOff(graceMs) {
+      const client = sessions.anyOpen();
+      // The agent powers off cleanly (SIGTERM to all, sync); QEMU exits on poweroff.
+      if (client) await client.shutdown({ timeoutMs: graceMs }).catch(() => {});
+      if (client && (await proc.waitExit(graceMs))) return; // powered off
+      if (proc.alive() && !qmp.isClosed) {
+        await Promise.race([qmp.execute('quit').catch(() => {}), exited]);
+        await proc.waitExit(1_000);
+      }
+    },
+    kill: () => killQuietly(pid, 'SIGKILL'),
+    cleanup,
+  });
 
   // QEMU is up when its monitor talks; a QEMU that exits first failed to start.
   try {
@@ -324,39 +330,9 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
           `machine ${spec.id}: agent ready`,
         );
       }
-      clients.add(client);
-      void client.closed.then(() => clients.delete(client));
-      return client;
+      return sessions.add(client);
     },
-    stop(sopts = {}) {
-      stopped ??= (async () => {
-        stopping = true;
-        const graceMs = sopts.graceMs ?? DEFAULT_GRACE_MS;
-        const alive = (): boolean => child.exitCode === null && child.signalCode === null;
-        const waitExit = (ms: number): Promise<boolean> =>
-          Promise.race([
-            exited.then(() => true),
-            new Promise<boolean>((r) => setTimeout(() => r(false), ms)),
-          ]);
-        log.info({ event: 'vm.stopping', id: spec.id, graceMs }, `stopping machine ${spec.id}`);
-        if (alive() && graceMs > 0) {
-          const client = [...clients].find((c) => !c.isClosed);
-          // The agent powers off cleanly (SIGTERM to all, sync); QEMU exits on poweroff.
-          if (client) await client.shutdown({ timeoutMs: graceMs }).catch(() => {});
-          if (client && (await waitExit(graceMs))) {
-            // powered off
-          } else if (alive() && !qmp.isClosed) {
-            await Promise.race([qmp.execute('quit').catch(() => {}), exited]);
-            await waitExit(1_000);
-          }
-        }
-        if (alive()) killQuietly(pid, 'SIGKILL');
-        await exited;
-        await cleanup();
-        log.info({ event: 'vm.stopped', id: spec.id }, `machine ${spec.id} stopped`);
-      })();
-      return stopped;
-    },
+    stop,
   };
   return machine;
 }
