@@ -29,9 +29,13 @@
  * (so a publish that raced with parking is seen), then `Atomics.waitAsync` on
  * WRITE. `publish()` notifies only if it can swap CONSUMER_PARKED from 1 to 0:
  * notify costs a cross-thread wakeup in V8, so a busy consumer costs nothing.
- * The same handshake runs the other way (PRODUCER_PARKED on READ) for a
- * producer awaiting space, which is the ring's backpressure: no spinning, no
- * timers. A pending `waitAsync` does not keep a worker's event loop alive, so
+ * A producer awaiting space (the ring's backpressure: no spinning, no
+ * timers) parks the same way on READ, with one difference: it waits for
+ * *enough* room, which one drain may not free, so the consumer never clears
+ * PRODUCER_PARKED — it notifies after every drain while the flag is set, and
+ * the producer clears it once the record fits. (Letting the consumer clear it
+ * lost wakeups: a drain could consume the flag while the producer still
+ * lacked room, and the producer then slept with nobody left to wake it.) A pending `waitAsync` does not keep a worker's event loop alive, so
  * a parked side holds a ref'd handle (see wake-handle.ts) until woken.
  */
 import { ActorvmError } from '../errors.js';
@@ -273,26 +277,31 @@ export class RingProducer {
   async waitForSpace(len: number): Promise<void> {
     if (len > this.maxRecord) throw new RingRecordTooLargeError(len, this.maxRecord);
     if (this.pending) this.publish();
-    for (;;) {
-      if (this.closed) throw new RingClosedError();
-      if (this.hasRoomFor(len)) return;
-      Atomics.store(this.ctl, PRODUCER_PARKED, 1);
-      const read = Atomics.load(this.ctl, READ);
-      this.cachedRead = read >>> 0;
-      if (this.hasRoomFor(len)) {
-        Atomics.store(this.ctl, PRODUCER_PARKED, 0);
-        return;
-      }
-      const w = Atomics.waitAsync(this.ctl, READ, read);
-      if (w.async) {
-        WakeHandle.hold();
-        try {
-          await w.value;
-        } finally {
-          WakeHandle.release();
+    if (this.hasRoomFor(len)) return;
+    // Only this side clears the flag (see the theory above): the consumer
+    // notifies on every drain while it is set, so a wakeup that lands before
+    // waitAsync registers is followed by another on the consumer's next drain —
+    // and there is one, because the ring is too full for us.
+    Atomics.store(this.ctl, PRODUCER_PARKED, 1);
+    try {
+      for (;;) {
+        if (this.closed) throw new RingClosedError();
+        const read = Atomics.load(this.ctl, READ);
+        this.cachedRead = read >>> 0;
+        if (this.hasRoomFor(len)) return;
+        const w = Atomics.waitAsync(this.ctl, READ, read);
+        if (w.async) {
+          WakeHandle.hold();
+          try {
+            await w.value;
+          } finally {
+            WakeHandle.release();
+          }
+          this.st[S_PRODUCER_WAKEUPS]++;
         }
-        this.st[S_PRODUCER_WAKEUPS]++;
       }
+    } finally {
+      Atomics.store(this.ctl, PRODUCER_PARKED, 0);
     }
   }
 
@@ -382,9 +391,10 @@ export class RingConsumer {
       this.pos = pos;
       this.st[S_RECORDS_READ] += n;
       Atomics.store(this.ctl, READ, pos | 0);
-      if (Atomics.compareExchange(this.ctl, PRODUCER_PARKED, 1, 0) === 1) {
-        Atomics.notify(this.ctl, READ, 1);
-      }
+      // Not a compare-exchange (unlike the consumer's flag): a producer waits
+      // for *enough* room, so one drain may not satisfy it; it clears the flag
+      // itself once it fits.
+      if (Atomics.load(this.ctl, PRODUCER_PARKED) === 1) Atomics.notify(this.ctl, READ, 1);
     }
     if (failed) throw failure;
     return n;
