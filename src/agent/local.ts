@@ -75,6 +75,8 @@ export async function startLocalAgent(opts: LocalAgentOptions = {}): Promise<Loc
       // already gone
     }
   };
+  // A killed agent may reset its pipes (ECONNRESET); its exit is what we report.
+  for (const stream of child.stdio) stream?.on('error', () => {});
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {
     stderr += d.toString();

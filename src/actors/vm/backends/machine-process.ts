@@ -19,6 +19,10 @@ export interface MachineProcess {
 }
 
 export function watchMachineProcess(child: ChildProcess, consoleBuf: ConsoleBuffer): MachineProcess {
+  // A process killed while a pipe or socketpair to it holds unread bytes
+  // resets that end (ECONNRESET). The exit is the story we report; without a
+  // listener the stream's 'error' would take the whole host down.
+  for (const stream of child.stdio) stream?.on('error', () => {});
   child.stdout?.on('data', (d: Buffer) => consoleBuf.write(d));
   child.stderr?.on('data', (d: Buffer) => consoleBuf.write(d));
   const exited = new Promise<MachineExit>((resolve) => {
