@@ -27,16 +27,29 @@
  *
  * Wakeups: the consumer, finding nothing, sets CONSUMER_PARKED, re-reads WRITE
  * (so a publish that raced with parking is seen), then `Atomics.waitAsync` on
- * WRITE. `publish()` notifies only if it can swap CONSUMER_PARKED from 1 to 0:
- * notify costs a cross-thread wakeup in V8, so a busy consumer costs nothing.
- * A producer awaiting space (the ring's backpressure: no spinning, no
- * timers) parks the same way on READ, with one difference: it waits for
- * *enough* room, which one drain may not free, so the consumer never clears
- * PRODUCER_PARKED — it notifies after every drain while the flag is set, and
- * the producer clears it once the record fits. (Letting the consumer clear it
- * lost wakeups: a drain could consume the flag while the producer still
- * lacked room, and the producer then slept with nobody left to wake it.) A pending `waitAsync` does not keep a worker's event loop alive, so
- * a parked side holds a ref'd handle (see wake-handle.ts) until woken.
+ * WRITE. `publish()` stores WRITE, then notifies only while CONSUMER_PARKED is
+ * set, so a busy consumer costs nothing. A producer awaiting space (the ring's
+ * backpressure: no spinning, no timers) parks the same way on READ, and the
+ * consumer notifies after every drain while PRODUCER_PARKED is set.
+ *
+ * Each side clears only its *own* flag, once it is awake. A waker that
+ * cleared the sleeper's flag lost wakeups, both ways round:
+ *   - consumer: a producer preempted between storing WRITE and its
+ *     compare-and-swap of the flag could wake up after the consumer had
+ *     already read that record (by spinning) and parked again; its late swap
+ *     then took the *new* park's flag, its notify landed before the new
+ *     `waitAsync` registered (and that wait rightly found WRITE unchanged),
+ *     and the next publish saw no flag and never notified. Seen under perf
+ *     sampling on this 2-vCPU machine; test/runtime/ring-workers.test.ts
+ *     reproduces it with a ping-pong.
+ *   - producer: it waits for *enough* room, which one drain may not free; a
+ *     drain that consumed the flag left it asleep with nobody to wake it.
+ * The price is an occasional notify that finds nobody (a lock and a lookup,
+ * no wakeup) while the sleeper is already on its way up; a stale notify that
+ * does find it is a spurious wakeup, and both sides re-check and re-park.
+ *
+ * A pending `waitAsync` does not keep a worker's event loop alive, so a
+ * parked side holds a ref'd handle (see wake-handle.ts) until woken.
  */
 import { ActorvmError } from '../errors.js';
 import { WakeHandle } from './wake-handle.js';
@@ -255,9 +268,10 @@ export class RingProducer {
     this.batchRecords = 0;
     this.batchBytes = 0;
     if (used > st[S_HIGH_WATER]) st[S_HIGH_WATER] = used;
-    if (Atomics.compareExchange(this.ctl, CONSUMER_PARKED, 1, 0) === 1) {
+    // Only the consumer clears its flag (see the theory above): a notify that
+    // finds nobody waiting costs a lock and a lookup, never a wakeup.
+    if (Atomics.load(this.ctl, CONSUMER_PARKED) === 1 && Atomics.notify(this.ctl, WRITE, 1) > 0) {
       this.st[S_NOTIFIES]++;
-      Atomics.notify(this.ctl, WRITE, 1);
     }
   }
 
@@ -538,7 +552,7 @@ export class RingConsumer {
         }
         this.st[S_CONSUMER_WAKEUPS]++;
       }
-      // A producer that notified has cleared the flag; a close or spurious wake has not.
+      // Awake (notified, closed or spurious): only the consumer clears its own flag.
       Atomics.store(this.ctl, CONSUMER_PARKED, 0);
     }
   }

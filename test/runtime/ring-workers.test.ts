@@ -2,7 +2,8 @@
  * The ring between two real worker threads: millions of records of random
  * sizes (including the maximum, with wrap-around), with the producer faster
  * and slower than the consumer, plus a fast-check property over stream shapes;
- * and backpressure with a stalled consumer.
+ * backpressure with a stalled consumer; and ping-pong pairs where both sides
+ * park and wake each other all the time (where a lost wakeup shows).
  */
 import type { Worker } from 'node:worker_threads';
 import fc from 'fast-check';
@@ -10,6 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createRing, type RingDescriptor, readRingStats } from '../../src/runtime/ring.js';
 import { spawnWorker } from '../../src/runtime/spawn-worker.js';
 import type { StreamSpec } from '../fixtures/ring-peer.js';
+import type { PingPongInit } from '../fixtures/ring-ping-pong.js';
 
 const entry = new URL('../fixtures/ring-peer.ts', import.meta.url);
 const workers: Worker[] = [];
@@ -159,4 +161,35 @@ describe('ring across two workers', () => {
     expect(c.count).toBe(spec.count);
     expect(readRingStats(ring).highWaterBytes).toBeLessThanOrEqual(capacity);
   });
+
+  it('never loses a wakeup when both sides park and wake each other (three ping-pong pairs on two cores)', async () => {
+    // Three pairs keep six threads runnable on this 2-vCPU machine, so a thread
+    // is often preempted mid-publish. With a waker that cleared the sleeper's
+    // flag this stalled within a few thousand round trips (see ring.ts).
+    const rounds = 15_000;
+    const pingPong = new URL('../fixtures/ring-ping-pong.ts', import.meta.url);
+    const start = (init: PingPongInit): Worker => {
+      const w = spawnWorker(pingPong, { workerData: init });
+      workers.push(w);
+      return w;
+    };
+    const results = [0, 1, 2].map(() => {
+      const there = createRing(1 << 12, 'ping');
+      const back = createRing(1 << 12, 'pong');
+      start({ role: 'echoer', out: back, in: there });
+      const pinger = start({ role: 'pinger', out: there, in: back, rounds });
+      return nextMessage<{ rounds: number; records: number; errors: string[] }>(pinger, 'done').then((r) => ({
+        ...r,
+        there: readRingStats(there),
+        back: readRingStats(back),
+      }));
+    });
+    for (const r of await Promise.all(results)) {
+      expect(r.errors).toEqual([]);
+      expect(r.rounds).toBe(rounds);
+      expect(r.there.recordsRead).toBe(r.records);
+      expect(r.back.recordsRead).toBe(r.records);
+      expect(r.there.wakeups + r.back.wakeups).toBeGreaterThan(0);
+    }
+  }, 60_000);
 });
