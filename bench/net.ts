@@ -14,11 +14,12 @@
  * Then micro-benches of the NAT itself (bench/_net-micro.ts). With --json the
  * last line is one JSON object; ratios are oriented so bigger is better for actorvm.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { launchWithDeathSignal } from '../src/actors/vm/backends/launcher.js';
 import { checksumKernel } from '../src/protocol/net/checksum.js';
 import { type NamespaceGuest, type NetHarness, startNetHarness } from '../test/net/fixtures.js';
 import { freePort, startDaemon } from '../test/support/processes.js';
@@ -78,13 +79,15 @@ async function actorvmStack(mtu: number): Promise<Stack & { harness: NetHarness;
 }
 
 async function slirpStack(mtu: number): Promise<Stack> {
-  const holder = spawn('unshare', ['--net', 'sleep', 'infinity'], { stdio: 'ignore' });
+  // Both die with the bench (pdeathsig) even if it is killed mid-run.
+  const holder = launchWithDeathSignal(['unshare', '--net', 'sleep', 'infinity'], { stdio: 'ignore' });
   await new Promise((r) => holder.once('spawn', r));
   const pid = holder.pid!;
   // --ready-fd: slirp4netns writes "1" once the namespace is configured.
-  const slirp = spawn('slirp4netns', ['--configure', `--mtu=${mtu}`, '--ready-fd=3', String(pid), 'tap0'], {
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
-  });
+  const slirp = launchWithDeathSignal(
+    ['slirp4netns', '--configure', `--mtu=${mtu}`, '--ready-fd=3', String(pid), 'tap0'],
+    { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] },
+  );
   await new Promise<void>((resolve, reject) => {
     (slirp.stdio[3] as NodeJS.ReadableStream).once('data', () => resolve());
     slirp.once('exit', (c) => reject(new Error(`slirp4netns exited ${c}`)));

@@ -43,13 +43,13 @@ def server(port):
                 continue
             try:
                 data = s.recv(4096)
+                if data:
+                    s.send(data)
+                    continue
             except OSError:
-                data = b""
-            if data:
-                s.send(data)
-            else:
-                sel.unregister(s)
-                s.close()
+                pass  # a client that reset mid-exchange ends only its own connection
+            sel.unregister(s)
+            s.close()
 
 
 def rr(host, port, n):

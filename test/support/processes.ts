@@ -1,6 +1,7 @@
 /** Host-side helpers shared by tests and benches: a free loopback port, a daemon started on a ready line. */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { launchWithDeathSignal } from '../../src/actors/vm/backends/launcher.js';
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
 export async function freePort(): Promise<number> {
@@ -11,10 +12,14 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** Spawns a long-running process; resolves once `ready` appears on its stdout or stderr. */
+/**
+ * Spawns a long-running process; resolves once `ready` appears on its stdout or
+ * stderr. It dies with us (pdeathsig), so a test run that is killed leaves no
+ * iperf3 or dnsmasq behind.
+ */
 export function startDaemon(argv: string[], ready: RegExp): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = launchWithDeathSignal(argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     const onData = (d: Buffer): void => {
       out += d.toString();
