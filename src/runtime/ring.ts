@@ -527,33 +527,4 @@ export class RingConsumer {
     this.running = false;
     if (this.parkedWait) Atomics.notify(this.ctl, WRITE);
   }
-
-  /**
-   * Resolves when records are available (immediately if some already are).
-   * Rejects with RingClosedError once the ring is closed and empty.
-   */
-  async waitForData(): Promise<void> {
-    for (;;) {
-      if (this.readable) return;
-      if (this.closed) throw new RingClosedError();
-      Atomics.store(this.ctl, CONSUMER_PARKED, 1);
-      const write = Atomics.load(this.ctl, WRITE);
-      if (write >>> 0 !== this.pos) {
-        Atomics.store(this.ctl, CONSUMER_PARKED, 0);
-        return;
-      }
-      const w = Atomics.waitAsync(this.ctl, WRITE, write);
-      if (w.async) {
-        WakeHandle.hold();
-        try {
-          await w.value;
-        } finally {
-          WakeHandle.release();
-        }
-        this.st[S_CONSUMER_WAKEUPS]++;
-      }
-      // Awake (notified, closed or spurious): only the consumer clears its own flag.
-      Atomics.store(this.ctl, CONSUMER_PARKED, 0);
-    }
-  }
 }
