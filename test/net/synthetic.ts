@@ -57,6 +57,9 @@ export interface TcpOut {
 }
 
 type Waiter = { match: (f: Uint8Array) => boolean; resolve: (f: Uint8Array) => void };
+/** A structured log event of the shard (pino's JSON line, parsed). */
+export type LogEvent = Record<string, unknown>;
+type LogWaiter = { match: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void };
 
 export class SyntheticShard {
   readonly config: NetConfig;
@@ -66,11 +69,14 @@ export class SyntheticShard {
   /** When set, tell() reports a backed-up guest path (frames are still captured). */
   backlogged = false;
   private writableWaiters: (() => void)[] = [];
+  private logWaiters: LogWaiter[] = [];
   readonly sandbox = 1;
 
   constructor(opts: NetworkOptions = {}) {
     this.config = resolveNetConfig(opts);
-    const log = pino({ level: process.env.ACTORVM_TEST_LOG ?? 'silent' });
+    // Debug level, so the shard's flow events exist; tests await them (nextLog)
+    // instead of polling stats for the effect of a protocol timer.
+    const log = pino({ level: 'debug' }, { write: (line: string) => this.onLog(line) });
     const link = {
       tell: (msg: { frame: Uint8Array | FrameBuilder }) => {
         const f = msg.frame;
@@ -155,6 +161,29 @@ export class SyntheticShard {
       this.frames.splice(this.frames.indexOf(frame), 1);
       w.resolve(frame);
     }
+  }
+
+  private onLog(line: string): void {
+    if (process.env.ACTORVM_TEST_LOG) process.stderr.write(line);
+    if (this.logWaiters.length === 0) return;
+    const e = JSON.parse(line) as LogEvent;
+    const i = this.logWaiters.findIndex((w) => w.match(e));
+    if (i >= 0) this.logWaiters.splice(i, 1)[0].resolve(e);
+  }
+
+  /** Resolves with the next log event matching `match` (logged from now on). */
+  nextLog(match: (e: LogEvent) => boolean, timeoutMs = 10_000): Promise<LogEvent> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.logWaiters = this.logWaiters.filter((w) => w.resolve !== done);
+        reject(new Error('timed out waiting for a log event of the shard'));
+      }, timeoutMs);
+      const done = (e: LogEvent) => {
+        clearTimeout(timer);
+        resolve(e);
+      };
+      this.logWaiters.push({ match, resolve: done });
+    });
   }
 
   /** Resolves with the first captured (or future) frame matching `match`, removing it. */

@@ -133,17 +133,15 @@ for (const backend of ['namespace', 'qemu'] as const) {
 }
 
 describe('failures and isolation', () => {
-  it('fails a sandbox whose QEMU dies during boot, promptly, with the console tail', async () => {
+  it('fails a sandbox whose QEMU dies during boot on its exit (not the boot backstop), with the console tail', async () => {
     // 64 MiB is too little for the guest kernel: it panics while booting and QEMU exits.
-    const t0 = Date.now();
     const err = await rt.createSandbox({ backend: 'qemu', memoryMiB: 64 }).then(
       () => undefined,
       (e) => e,
     );
+    // ERR_VM_EXITED comes from the exit event; the backstop would say ERR_VM_BOOT_TIMEOUT.
     expect(err).toMatchObject({ code: 'ERR_VM_EXITED' });
     expect(String(err.details?.consoleTail)).toMatch(/Kernel panic|Out of memory|Kernel Offset/);
-    // "Promptly": on the machine's exit, far from the 120 s boot backstop.
-    expect(Date.now() - t0).toBeLessThan(30_000);
     expect(rt.sandboxes().length).toBe(0);
   }, 120_000);
 

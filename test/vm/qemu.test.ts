@@ -111,11 +111,9 @@ describe.skipIf(!avail.ok)(`QEMU backend${avail.ok ? '' : ` — skipped: ${avail
     expect(listDir(runDir)).toEqual([]);
   });
 
-  it('probes KVM once (quickly falling back to TCG where it does not work) and caches the answer', async () => {
+  it('probes KVM once (falling back to TCG, with the reason, where it does not work) and caches the answer', async () => {
     const home = tempDir();
-    const started = performance.now();
     const first = await probeAccelDetailed({ home, force: true });
-    expect(performance.now() - started).toBeLessThan(20_000);
     expect(['kvm', 'tcg']).toContain(first.accel);
     expect(first.reason).not.toBe('');
     expect(existsSync(join(home, 'accel.json'))).toBe(true);
