@@ -18,8 +18,9 @@
  *
  *   host → guest: Node has no MSG_PEEK, so bytes read from the host socket
  *   are kept (SendQueue) until the guest acknowledges them, and only as many
- *   as its window allows are in flight. When the queue holds more than the
- *   guest's window plus a margin, the host socket is paused; ACKs resume it.
+ *   as its window allows, at most MAX_INFLIGHT, are in flight. When the queue
+ *   holds more than that plus a margin, the host socket is paused; ACKs
+ *   resume it.
  *   Loss is repaired by go-back-N from SND.UNA on an RTO (lazy timer: armed
  *   once, re-armed on expiry if progress was made) or on three duplicate
  *   ACKs. A zero window is probed on the same timer.
@@ -82,6 +83,14 @@ export type TcpState =
 export const RCV_BUFFER = 4 << 20;
 /** Our window-scale shift: windows up to 8 MiB. */
 export const OUR_WSCALE = 7;
+/**
+ * Most bytes one flow keeps in flight toward the guest, whatever window the
+ * guest offers. Linux guests offer up to 32 MiB; all of it would sit in our
+ * own path (ring, guest stream, relay), overrun the guest side's backlog
+ * limit and turn into drops and go-back-N storms. 4 MiB is several times the
+ * bandwidth-delay product of the virtual link (~600 KB at 5 Gbit/s × 1 ms).
+ */
+export const MAX_INFLIGHT = 4 << 20;
 const RTO_MIN_MS = 200;
 const RTO_MAX_MS = 30_000;
 const LINGER_MS = 2_000;
@@ -500,7 +509,7 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
   // ---- sending toward the guest --------------------------------------------------
 
   private queueLimit(): number {
-    return Math.max(this.sndWnd, 64 * 1024) + 64 * 1024;
+    return Math.min(Math.max(this.sndWnd, 64 * 1024), MAX_INFLIGHT) + 64 * 1024;
   }
 
   /** The window we advertise: room left before Node buffers RCV_BUFFER for the host. */
@@ -526,7 +535,7 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
       const inflight = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.queue.length - inflight;
       if (unsent > 0) {
-        const room = this.sndWnd - inflight;
+        const room = Math.min(this.sndWnd, MAX_INFLIGHT) - inflight;
         if (room <= 0) {
           this.armRto(); // persist: probe a zero window on the RTO timer
           return;
