@@ -10,7 +10,8 @@
  *
  * Out: frames from the shards (and local answers) are copied into a batch
  * with their length prefixes — the guest's MAC written in on the way — and
- * the batch is written to the stream once per turn of the event loop.
+ * the batch is written to the stream once per turn of the event loop. Batches
+ * live in one reusable circular buffer (guest-output.ts), not fresh buffers.
  */
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -39,11 +40,14 @@ import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { NetConfig } from './config.js';
 import { DhcpServer } from './dhcp-server.js';
 import { type FlowHashKey, flowHash, stringHash } from './flow-hash.js';
+import { GuestOutput } from './guest-output.js';
 import type { ShardMessage } from './messages.js';
 
 /** Bytes we let queue toward a guest that does not read before dropping frames. */
 const GUEST_BACKLOG_LIMIT = 32 << 20;
 const BATCH_BYTES = 512 * 1024;
+/** Outgoing bytes in flight in the reusable buffer; beyond it frames are written on their own. */
+const OUTPUT_BYTES = 4 << 20;
 /** Reusable read buffer of a connected frame stream: many 64 KiB frames per read. */
 const READ_BUFFER = 1 << 20;
 
@@ -74,12 +78,8 @@ export class GuestNetwork {
   private framesOut = 0;
   private bytesOut = 0;
   private toShards = 0;
-  // Outgoing batch and a small free list of batch buffers (a written buffer is
-  // reusable once its write callback ran).
-  private batch: Buffer;
-  private batchLen = 0;
+  private readonly out = new GuestOutput(OUTPUT_BYTES);
   private flushScheduled = false;
-  private readonly spare: Buffer[] = [];
   private pausedForShards = false;
 
   constructor(
@@ -91,7 +91,6 @@ export class GuestNetwork {
   ) {
     this.gatewayMac = parseMac(config.gatewayMac);
     this.dhcp = new DhcpServer(config, this.gatewayMac);
-    this.batch = Buffer.allocUnsafe(BATCH_BYTES);
   }
 
   /** Starts relaying a frame stream we were handed (e.g. a child's stdio socket). */
@@ -153,10 +152,14 @@ export class GuestNetwork {
 
   /** Makes `stream` the way to the guest (its reads arrive through `feed`). */
   adopt(stream: Duplex): void {
+    this.flush();
+    this.out.reset();
     this.stream = stream;
     stream.on('error', (err) => this.log.debug({ event: 'net.stream_error', err }, 'guest stream error'));
     stream.on('close', () => {
-      if (this.stream === stream) this.stream = undefined;
+      if (this.stream !== stream) return;
+      this.stream = undefined;
+      this.out.reset();
     });
   }
 
@@ -167,6 +170,7 @@ export class GuestNetwork {
   closeStream(): void {
     this.stream?.destroy();
     this.stream = undefined;
+    this.out.reset();
   }
 
   // ---- guest → us ------------------------------------------------------------
@@ -328,8 +332,11 @@ export class GuestNetwork {
       return;
     }
     const need = 4 + frame.length;
-    if (this.batchLen + need > this.batch.length) this.flush();
-    if (need > this.batch.length) {
+    const out = this.out;
+    if (out.batchBytes + need > BATCH_BYTES || !out.fitsInBatch(need)) this.flush();
+    const at = out.reserve(need);
+    if (at < 0) {
+      // The guest is this far behind: the frame goes on its own, after what is queued.
       const single = Buffer.allocUnsafe(need);
       writeFrameLength(single, 0, frame.length);
       single.set(frame, 4);
@@ -338,11 +345,9 @@ export class GuestNetwork {
       this.count(frame.length);
       return;
     }
-    const at = this.batchLen;
-    writeFrameLength(this.batch, at, frame.length);
-    this.batch.set(frame, at + 4);
-    this.stampGuestMac(this.batch, at + 4);
-    this.batchLen += need;
+    writeFrameLength(out.buf, at, frame.length);
+    out.buf.set(frame, at + 4);
+    this.stampGuestMac(out.buf, at + 4);
     this.count(frame.length);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -362,15 +367,10 @@ export class GuestNetwork {
 
   private readonly flush = (): void => {
     this.flushScheduled = false;
-    if (this.batchLen === 0) return;
-    const full = this.batch;
-    const len = this.batchLen;
-    this.batch = this.spare.pop() ?? Buffer.allocUnsafe(BATCH_BYTES);
-    this.batchLen = 0;
-    if (!this.stream) return;
-    this.stream.write(full.subarray(0, len), () => {
-      if (this.spare.length < 4) this.spare.push(full);
-    });
+    const batch = this.out.take();
+    if (!batch) return;
+    if (this.stream) this.stream.write(batch.data, batch.release);
+    else batch.release();
   };
 
   private drop(reason: string): void {
