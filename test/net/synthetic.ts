@@ -56,20 +56,49 @@ export interface TcpOut {
   badChecksum?: boolean;
 }
 
-type Waiter = { match: (f: Uint8Array) => boolean; resolve: (f: Uint8Array) => void };
 /** A structured log event of the shard (pino's JSON line, parsed). */
 export type LogEvent = Record<string, unknown>;
-type LogWaiter = { match: (e: LogEvent) => boolean; resolve: (e: LogEvent) => void };
+
+/** Pending `next…()` calls: each waits for the first item its predicate matches, or times out. */
+class Matchers<T> {
+  private pending: { match: (item: T) => boolean; resolve: (item: T) => void }[] = [];
+
+  get size(): number {
+    return this.pending.length;
+  }
+
+  /** Hands `item` to the oldest waiter that matches it; returns whether one did. */
+  offer(item: T): boolean {
+    const i = this.pending.findIndex((w) => w.match(item));
+    if (i < 0) return false;
+    this.pending.splice(i, 1)[0].resolve(item);
+    return true;
+  }
+
+  wait(match: (item: T) => boolean, timeoutMs: number, what: string): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending = this.pending.filter((w) => w.resolve !== done);
+        reject(new Error(`timed out waiting for ${what}`));
+      }, timeoutMs);
+      const done = (item: T) => {
+        clearTimeout(timer);
+        resolve(item);
+      };
+      this.pending.push({ match, resolve: done });
+    });
+  }
+}
 
 export class SyntheticShard {
   readonly config: NetConfig;
   readonly shard: Actor<ShardMessage, string>;
   readonly frames: Uint8Array[] = [];
-  private waiters: Waiter[] = [];
+  private readonly frameWaiters = new Matchers<Uint8Array>();
   /** When set, tell() reports a backed-up guest path (frames are still captured). */
   backlogged = false;
   private writableWaiters: (() => void)[] = [];
-  private logWaiters: LogWaiter[] = [];
+  private readonly logWaiters = new Matchers<LogEvent>();
   readonly sandbox = 1;
 
   constructor(opts: NetworkOptions = {}) {
@@ -154,53 +183,25 @@ export class SyntheticShard {
   }
 
   private deliver(frame: Uint8Array): void {
-    this.frames.push(frame);
-    const i = this.waiters.findIndex((w) => w.match(frame));
-    if (i >= 0) {
-      const [w] = this.waiters.splice(i, 1);
-      this.frames.splice(this.frames.indexOf(frame), 1);
-      w.resolve(frame);
-    }
+    if (!this.frameWaiters.offer(frame)) this.frames.push(frame);
   }
 
   private onLog(line: string): void {
     if (process.env.ACTORVM_TEST_LOG) process.stderr.write(line);
-    if (this.logWaiters.length === 0) return;
-    const e = JSON.parse(line) as LogEvent;
-    const i = this.logWaiters.findIndex((w) => w.match(e));
-    if (i >= 0) this.logWaiters.splice(i, 1)[0].resolve(e);
+    if (this.logWaiters.size === 0) return;
+    this.logWaiters.offer(JSON.parse(line) as LogEvent);
   }
 
   /** Resolves with the next log event matching `match` (logged from now on). */
   nextLog(match: (e: LogEvent) => boolean, timeoutMs = 10_000): Promise<LogEvent> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.logWaiters = this.logWaiters.filter((w) => w.resolve !== done);
-        reject(new Error('timed out waiting for a log event of the shard'));
-      }, timeoutMs);
-      const done = (e: LogEvent) => {
-        clearTimeout(timer);
-        resolve(e);
-      };
-      this.logWaiters.push({ match, resolve: done });
-    });
+    return this.logWaiters.wait(match, timeoutMs, 'a log event of the shard');
   }
 
   /** Resolves with the first captured (or future) frame matching `match`, removing it. */
   next(match: (f: Uint8Array) => boolean, timeoutMs = 10_000): Promise<Uint8Array> {
     const i = this.frames.findIndex(match);
     if (i >= 0) return Promise.resolve(this.frames.splice(i, 1)[0]);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((w) => w.resolve !== done);
-        reject(new Error('timed out waiting for a frame from the shard'));
-      }, timeoutMs);
-      const done = (f: Uint8Array) => {
-        clearTimeout(timer);
-        resolve(f);
-      };
-      this.waiters.push({ match, resolve: done });
-    });
+    return this.frameWaiters.wait(match, timeoutMs, 'a frame from the shard');
   }
 
   /** Next TCP segment toward the guest port `gport` (optionally with all of `flags`). */
