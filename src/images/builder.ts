@@ -126,7 +126,6 @@ interface Inputs {
   kernel: KernelInfo;
   modulePaths: string[];
   busybox: string;
-  applets: string[];
   agent: string;
   binaries: BinaryEntry[];
   files: FileInput[];
@@ -155,12 +154,6 @@ async function resolveInputs(spec: ImageSpec, opts: BuildOptions): Promise<Input
   if (!existsSync(busybox)) {
     throw new ImageError(ImageErrorCode.BUILD, `${busybox} missing: apt-get install busybox-static`);
   }
-  let applets: string[];
-  try {
-    applets = (await run(busybox, ['--list-full'])).stdout.split('\n').filter(Boolean);
-  } catch (err) {
-    throw wrap(err, `${busybox} --list-full`);
-  }
   const binaries: BinaryEntry[] = [];
   for (const b of spec.binaries ?? []) binaries.push(...(await resolveBinary(b)));
   const files: FileInput[] = [];
@@ -183,7 +176,7 @@ async function resolveInputs(spec: ImageSpec, opts: BuildOptions): Promise<Input
     }
     files.push({ path: f.path, kind: st.isDirectory() ? 'tree' : 'file', source: f.source, mode: f.mode });
   }
-  return { kernel, modulePaths, busybox, applets, agent, binaries, files };
+  return { kernel, modulePaths, busybox, agent, binaries, files };
 }
 
 async function computeId(
@@ -271,6 +264,19 @@ async function ensureVmlinux(
   return existsSync(join(dir, VMLINUX_FILE)) ? join(dir, VMLINUX_FILE) : undefined;
 }
 
+/**
+ * busybox's applets (its --list-full paths). Asked only when building: a cache
+ * hit must not pay a process spawn on every sandbox create, and the binary's
+ * hash, part of the image id, already pins the list.
+ */
+async function listApplets(busybox: string): Promise<string[]> {
+  try {
+    return (await run(busybox, ['--list-full'])).stdout.split('\n').filter(Boolean);
+  } catch (err) {
+    throw wrap(err, `${busybox} --list-full`);
+  }
+}
+
 /** busybox --list-full paths (bin/ls, usr/sbin/chroot, …) → /bin and /sbin symlinks. */
 function appletLinks(applets: string[]): PlanEntry[] {
   const seen = new Set<string>(['/bin/busybox']);
@@ -288,10 +294,10 @@ function appletLinks(applets: string[]): PlanEntry[] {
   return out;
 }
 
-function rootfsPlan(inp: Inputs): PlanEntry[] {
+function rootfsPlan(inp: Inputs, applets: string[]): PlanEntry[] {
   const plan: PlanEntry[] = DIRS.map(([path, mode]) => ({ type: 'dir', path, mode }));
   plan.push({ type: 'file', path: '/bin/busybox', source: inp.busybox, mode: 0o755 });
-  plan.push(...appletLinks(inp.applets));
+  plan.push(...appletLinks(applets));
   plan.push({ type: 'file', path: '/sbin/actorvm-agent', source: inp.agent, mode: 0o755 });
   // The kernel runs /init with argv[0] "/init", which is how the agent knows to do PID 1 duties.
   plan.push({ type: 'symlink', path: '/init', target: 'sbin/actorvm-agent' });
@@ -331,7 +337,7 @@ async function assemble(
     const kernelEntries: PlanEntry[] = [{ type: 'link', path: `/${KERNEL_FILE}`, source: inp.kernel.path }];
     if (vmlinux) kernelEntries.push({ type: 'link', path: `/${VMLINUX_FILE}`, source: vmlinux });
     await runImageTask(pool, { op: 'populate', root: tmp, entries: kernelEntries });
-    await runImageTask(pool, { op: 'populate', root: rootfs, entries: rootfsPlan(inp) });
+    await runImageTask(pool, { op: 'populate', root: rootfs, entries: rootfsPlan(inp, await listApplets(inp.busybox)) });
     step('initrd');
     await runImageTask(pool, {
       op: 'initrd',
