@@ -337,7 +337,11 @@ async function assemble(
     const kernelEntries: PlanEntry[] = [{ type: 'link', path: `/${KERNEL_FILE}`, source: inp.kernel.path }];
     if (vmlinux) kernelEntries.push({ type: 'link', path: `/${VMLINUX_FILE}`, source: vmlinux });
     await runImageTask(pool, { op: 'populate', root: tmp, entries: kernelEntries });
-    await runImageTask(pool, { op: 'populate', root: rootfs, entries: rootfsPlan(inp, await listApplets(inp.busybox)) });
+    await runImageTask(pool, {
+      op: 'populate',
+      root: rootfs,
+      entries: rootfsPlan(inp, await listApplets(inp.busybox)),
+    });
     step('initrd');
     await runImageTask(pool, {
       op: 'initrd',
