@@ -57,24 +57,7 @@ export async function connectAgain(agent: LocalAgent): Promise<AgentClient> {
   return c;
 }
 
-/**
- * Polls `check` until it returns a truthy value. For observing state that has
- * no event to wait on (/proc, directory contents); `timeoutMs` is a generous
- * bound, not a measurement.
- */
-export async function waitFor<T>(
-  what: string,
-  check: () => T | Promise<T>,
-  timeoutMs = 15_000,
-): Promise<Exclude<T, null | undefined | false>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v as Exclude<T, null | undefined | false>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+export { waitFor } from '../support/wait.js';
 
 /** Pids (host view) whose process group is `pgid`, zombies included. */
 export function processesInGroup(pgid: number): number[] {

@@ -92,17 +92,7 @@ export const processAlive = (pid: number): boolean => {
   }
 };
 
-export async function waitFor(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+export { waitFor } from '../support/wait.js';
 
 export const listDir = (dir: string): string[] => (existsSync(dir) ? readdirSync(dir) : []);
 
