@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- boot [--json] [--creates N] [--execs N]`
+ * `npm run bench -- boot [--json] [--creates N] [--execs N] [--backend namespace|qemu]`
  *
  * For each backend (and acceleration mode) that runs on this host, in one
  * run: cold create-to-ready of a sandbox (a new machine each time, image
@@ -36,7 +36,8 @@ export async function run(argv: string[]): Promise<void> {
   try {
     await rt.images.ensure('base');
     const modes: { name: string; backend: 'namespace' | 'qemu'; creates: number; execs: number }[] = [];
-    if ((await backendAvailable('namespace')).ok) {
+    const only = argv.includes('--backend') ? argv[argv.indexOf('--backend') + 1] : undefined;
+    if (only !== 'qemu' && (await backendAvailable('namespace')).ok) {
       modes.push({
         name: 'namespace',
         backend: 'namespace',
@@ -44,7 +45,7 @@ export async function run(argv: string[]): Promise<void> {
         execs: option(argv, '--execs', 300),
       });
     }
-    if ((await backendAvailable('qemu')).ok) {
+    if (only !== 'namespace' && (await backendAvailable('qemu')).ok) {
       const accel = await probeAccel();
       modes.push({
         name: `qemu-${accel}`,

@@ -5,7 +5,8 @@
 #
 #   1. Debian packages that are missing (apt-get, needs root);
 #   2. npm dependencies when package-lock.json changed since the last `npm ci`;
-#   3. the guest agent (scripts/build-agent.sh, cached by source hash);
+#   3. the guest agent (scripts/build-agent.sh, cached by source hash) and the
+#      escape probe the isolation tests run in sandboxes (scripts/build-probe.sh);
 #   4. the TypeScript build (dist/), which workers and the actorctl bin load.
 set -eu
 cd "$(dirname "$0")/.."
@@ -38,4 +39,5 @@ if [ ! -f node_modules/.actorvm-lock ] || [ "$(cat node_modules/.actorvm-lock)" 
 fi
 
 sh scripts/build-agent.sh >&2
+sh scripts/build-probe.sh >&2
 npx tsc -p tsconfig.build.json >&2

@@ -26,7 +26,8 @@
  * stops reading the connection instead of refusing. */
 #define MAX_QUEUED 4096u
 
-enum ev_kind { EV_LISTEN = 1, EV_CONN, EV_PIPE, EV_SIGNAL, EV_TIMER, EV_TAP, EV_TAP_PEER, EV_TAP_LISTEN };
+enum ev_kind { EV_LISTEN = 1, EV_CONN, EV_PIPE, EV_SIGNAL, EV_TIMER, EV_TAP, EV_TAP_PEER, EV_TAP_LISTEN,
+	      EV_LIFELINE };
 
 /* First member of everything registered with epoll; epoll_data.ptr points here.
  * Objects are freed only at the end of a loop iteration (the graveyard), so an
@@ -255,6 +256,12 @@ void vport_on_disconnect(struct vport *v);
 void vport_recheck(void);
 uint64_t vport_next_check(void);
 bool has_transport(void);
+
+/* launch.c: `actorvm-agent launch`, the host-side starter of namespace sandboxes */
+int launch_main(int argc, char **argv);
+
+/* seccomp.c */
+int seccomp_install(bool nested_userns);
 
 /* errnames.c */
 const char *errno_name(int err);

@@ -251,6 +251,26 @@ static void on_timer(void)
 	timer_update();
 }
 
+/* The runtime holds the only other end of the lifeline: EOF (or an error)
+ * means it is gone, however it ended. Nothing is graceful then — nobody is
+ * left to serve — so everything ends at once: as PID 1 of a pid namespace,
+ * exiting makes the kernel kill every process in it. */
+static void on_lifeline(int fd)
+{
+	char b[64];
+	ssize_t n;
+	while ((n = read(fd, b, sizeof(b))) > 0)
+		; /* the runtime never writes; whatever arrives is ignored */
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	logmsg("lifeline closed: the runtime is gone");
+	if (A.is_pid1) {
+		kill(-1, SIGKILL);
+		_exit(0);
+	}
+	agent_exit(0);
+}
+
 /* Replies (shutdown's RESULT included) get up to a second to leave. */
 static void drain_outputs(unsigned ms)
 {
@@ -302,6 +322,8 @@ static void usage(int code)
 		"  --tap-fd N | --tap-listen unix:PATH  --tap-name NAME  --tap-ip A.B.C.D/P  --tap-gw A.B.C.D\n"
 		"  --tap-mtu N  --tap-mac XX:XX:XX:XX:XX:XX\n"
 		"  --ready-fd N         write \"ready\\n\" to fd N and close it once serving\n"
+		"  --lifeline-fd N      end everything (and the pid namespace, as PID 1) when fd N reaches EOF\n"
+		"launcher (host side, namespace sandboxes): actorvm-agent launch --help\n"
 		"  -v, --verbose        debug log on stderr\n"
 		"  --version\n";
 	(void)!write(code ? 2 : 1, text, sizeof(text) - 1);
@@ -318,7 +340,8 @@ static int parse_fd(const char *s)
 
 enum {
 	O_LISTEN = 256, O_FD, O_VPORT, O_INIT, O_MODULES, O_HOSTNAME, O_IFACE, O_IP, O_GW, O_DNS, O_MTU, O_MAC,
-	O_TAP_FD, O_TAP_LISTEN, O_TAP_NAME, O_TAP_IP, O_TAP_GW, O_TAP_MTU, O_TAP_MAC, O_READY_FD, O_VERSION, O_HELP
+	O_TAP_FD, O_TAP_LISTEN, O_TAP_NAME, O_TAP_IP, O_TAP_GW, O_TAP_MTU, O_TAP_MAC, O_READY_FD, O_LIFELINE_FD, O_VERSION,
+	O_HELP
 };
 
 struct cli {
@@ -334,6 +357,7 @@ struct cli {
 	struct tap_config tap;
 	bool tap_given;
 	int ready_fd;
+	int lifeline_fd;
 };
 
 static void set_net(struct net_settings *ns, int opt, const char *v, bool *given)
@@ -391,12 +415,13 @@ static void parse_cli(int argc, char **argv, struct cli *o)
 		{"dns", 1, 0, O_DNS},           {"mtu", 1, 0, O_MTU},         {"mac", 1, 0, O_MAC},
 		{"tap-fd", 1, 0, O_TAP_FD},     {"tap-listen", 1, 0, O_TAP_LISTEN}, {"tap-name", 1, 0, O_TAP_NAME}, {"tap-ip", 1, 0, O_TAP_IP},
 		{"tap-gw", 1, 0, O_TAP_GW},     {"tap-mtu", 1, 0, O_TAP_MTU}, {"tap-mac", 1, 0, O_TAP_MAC},
-		{"ready-fd", 1, 0, O_READY_FD}, {"verbose", 0, 0, 'v'},         {"version", 0, 0, O_VERSION}, {"help", 0, 0, O_HELP},
+		{"ready-fd", 1, 0, O_READY_FD}, {"lifeline-fd", 1, 0, O_LIFELINE_FD}, {"verbose", 0, 0, 'v'},         {"version", 0, 0, O_VERSION}, {"help", 0, 0, O_HELP},
 		{0, 0, 0, 0}};
 	int opt;
 	bool tap_net = false;
 	o->tap.peer_fd = -1;
 	o->ready_fd = -1;
+	o->lifeline_fd = -1;
 	while ((opt = getopt_long(argc, argv, "v", opts, NULL)) != -1) {
 		switch (opt) {
 		case O_LISTEN:
@@ -448,6 +473,9 @@ static void parse_cli(int argc, char **argv, struct cli *o)
 			break;
 		case O_READY_FD:
 			o->ready_fd = parse_fd(optarg);
+			break;
+		case O_LIFELINE_FD:
+			o->lifeline_fd = parse_fd(optarg);
 			break;
 		case 'v':
 			A.verbose = true;
@@ -513,10 +541,13 @@ static void ensure_std_fds(void)
 
 int main(int argc, char **argv)
 {
-	static struct ev sig_ev = {EV_SIGNAL, 0}, timer_ev = {EV_TIMER, 0};
+	static struct ev sig_ev = {EV_SIGNAL, 0}, timer_ev = {EV_TIMER, 0}, lifeline_ev = {EV_LIFELINE, 0};
 	static struct cli o;
 	static struct init_config cfg;
-	uint32_t sig_armed = 0, timer_armed = 0;
+	uint32_t sig_armed = 0, timer_armed = 0, lifeline_armed = 0;
+
+	if (argc > 1 && strcmp(argv[1], "launch") == 0)
+		return launch_main(argc - 1, argv + 1);
 
 	milestone("agent_start");
 	ensure_std_fds();
@@ -568,6 +599,11 @@ int main(int argc, char **argv)
 	}
 	ev_ctl(A.sigfd, &sig_ev, EPOLLIN, &sig_armed);
 	ev_ctl(A.timerfd, &timer_ev, EPOLLIN, &timer_armed);
+	if (o.lifeline_fd >= 0) {
+		set_nonblock(o.lifeline_fd);
+		set_cloexec(o.lifeline_fd);
+		ev_ctl(o.lifeline_fd, &lifeline_ev, EPOLLIN | EPOLLRDHUP, &lifeline_armed);
+	}
 
 	/* Recorded before any connection exists: every HELLO carries it. */
 	milestone("ready");
@@ -632,6 +668,9 @@ int main(int argc, char **argv)
 				break;
 			case EV_TIMER:
 				on_timer();
+				break;
+			case EV_LIFELINE:
+				on_lifeline(o.lifeline_fd);
 				break;
 			case EV_TAP:
 			case EV_TAP_PEER:

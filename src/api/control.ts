@@ -2,10 +2,12 @@
  * The runtime's sandbox methods on the control socket (`actorctl vm …`):
  * list, create, exec (streaming its output), logs, kill.
  */
+import type { Readable } from 'node:stream';
 import { z } from 'zod';
 import type { ControlServer } from '../runtime/control-server.js';
 import { SandboxError } from './errors.js';
 import type { Runtime } from './runtime.js';
+import { Backend, Command, LogBytes, SandboxOptionsSchema, TimeoutMs } from './schemas.js';
 
 const SandboxId = z.object({ id: z.number().int().positive() });
 
@@ -30,13 +32,16 @@ export function registerSandboxMethods(server: ControlServer, rt: Runtime): void
   });
 
   server.register('vm.create', {
-    params: z.object({
-      image: z.string().optional(),
-      backend: z.enum(['qemu', 'namespace', 'auto']).optional(),
-      memoryMiB: z.number().int().min(64).optional(),
-      cpus: z.number().int().min(1).optional(),
-      allowHostLoopback: z.boolean().optional(),
-    }),
+    params: z
+      .object({
+        image: z.string().min(1).max(256),
+        backend: Backend,
+        memoryMiB: SandboxOptionsSchema.shape.memoryMiB,
+        cpus: SandboxOptionsSchema.shape.cpus,
+        allowHostLoopback: z.boolean(),
+      })
+      .partial()
+      .strict(),
     handle: async (p) => {
       const s = await rt.createSandbox({
         image: p.image,
@@ -51,20 +56,28 @@ export function registerSandboxMethods(server: ControlServer, rt: Runtime): void
 
   server.register('vm.exec', {
     params: SandboxId.extend({
-      cmd: z.union([z.string().min(1), z.array(z.string()).min(1)]),
-      timeoutMs: z.number().int().positive().optional(),
+      cmd: Command,
+      timeoutMs: TimeoutMs.optional(),
     }),
     handle: async ({ id, cmd, timeoutMs }, call) => {
       const p = get(id).spawn(cmd, { timeoutMs });
-      p.stdout.on('data', (d: Buffer) => call.send({ stream: 'stdout', data: d.toString('utf8') }));
-      p.stderr.on('data', (d: Buffer) => call.send({ stream: 'stderr', data: d.toString('utf8') }));
+      // A client that does not read pauses the command's output (and so the guest), not our memory.
+      const pump = (stream: Readable, name: string): void => {
+        stream.on('data', (d: Buffer) => {
+          if (call.send({ stream: name, data: d.toString('utf8') })) return;
+          stream.pause();
+          void call.drained().then(() => stream.resume());
+        });
+      };
+      pump(p.stdout, 'stdout');
+      pump(p.stderr, 'stderr');
       call.signal.addEventListener('abort', () => p.cancel());
       return p.result;
     },
   });
 
   server.register('vm.logs', {
-    params: SandboxId.extend({ bytes: z.number().int().positive().optional() }),
+    params: SandboxId.extend({ bytes: LogBytes.optional() }),
     handle: ({ id, bytes }) => get(id).logs(bytes),
   });
 

@@ -1,12 +1,31 @@
-/** Errors of the public sandbox API. Codes are stable. */
+/**
+ * Errors of the public Runtime/Sandbox API. Codes are stable. An operation
+ * that failed below the API keeps its cause's code (ERR_AGENT_REMOTE,
+ * ERR_VM_EXITED, ERR_NET_FORWARD, …); these are the API's own.
+ */
 import { ActorvmError } from '../errors.js';
 
-/**
- * A sandbox operation failed. `code` is the cause's stable code when one
- * crossed a thread (ERR_AGENT_REMOTE, ERR_VM_EXITED, …), else one of:
- * ERR_SANDBOX_BOOT_FAILED, ERR_SANDBOX_STOPPED, ERR_SANDBOX_BAD_OPTIONS,
- * ERR_SANDBOX_TIMEOUT.
- */
+export const SandboxErrorCode = {
+  /** The sandbox could not boot (the cause's code is in `details.cause`). */
+  BOOT_FAILED: 'ERR_SANDBOX_BOOT_FAILED',
+  /** The sandbox (or the runtime) was stopped: the call cannot run any more. */
+  STOPPED: 'ERR_SANDBOX_STOPPED',
+  /** An options object failed its schema; `details.issues` lists `{ path, message }`. */
+  BAD_OPTIONS: 'ERR_SANDBOX_BAD_OPTIONS',
+  /** A command is empty, not strings, or too large for a guest's argv. */
+  BAD_COMMAND: 'ERR_SANDBOX_BAD_COMMAND',
+  /** A signal name or number the guest does not know. */
+  BAD_SIGNAL: 'ERR_SANDBOX_BAD_SIGNAL',
+  /** A port outside 1..65535 (0 also allowed for a host port: any free one). */
+  BAD_PORT: 'ERR_SANDBOX_BAD_PORT',
+  /** A guest path that is empty, too long, or contains NUL. */
+  BAD_PATH: 'ERR_SANDBOX_BAD_PATH',
+  /** No sandbox with that id. */
+  NOT_FOUND: 'ERR_NO_SUCH_SANDBOX',
+  /** Runtime.start's options failed their schema. */
+  BAD_RUNTIME_OPTIONS: 'ERR_RUNTIME_BAD_OPTIONS',
+} as const;
+
 export class SandboxError extends ActorvmError {}
 
 /** Rebuilds a typed error from the `{code, message, details}` that crossed a thread. */

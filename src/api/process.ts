@@ -2,6 +2,7 @@
 import { Writable } from 'node:stream';
 import { OUT_STDERR, OUT_STDOUT } from '../actors/vm/messages.js';
 import { errorFrom } from './errors.js';
+import { checkSignal, handled, rejected } from './schemas.js';
 import type { OperationHandler } from './sink.js';
 import { InputChannel, OutputStream } from './streams.js';
 
@@ -20,7 +21,7 @@ export interface ProcessLink {
   ack(bytes: number): void;
   input(data: Uint8Array, end: boolean): boolean;
   writable(): Promise<void>;
-  signal(signal: string): void;
+  signal(signal: number): void;
   cancel(): void;
 }
 
@@ -38,6 +39,7 @@ export class SandboxProcess implements OperationHandler {
   private resolveResult!: (r: ProcessResult) => void;
   private rejectResult!: (err: Error) => void;
   private readonly input: InputChannel;
+  private ended = false;
 
   constructor(
     private readonly link: ProcessLink,
@@ -49,11 +51,14 @@ export class SandboxProcess implements OperationHandler {
       this.resolvePid = resolve;
       this.rejectPid = reject;
     });
-    this.pid.catch(() => {});
-    this.result = new Promise((resolve, reject) => {
-      this.resolveResult = resolve;
-      this.rejectResult = reject;
-    });
+    // Awaiting them still sees a rejection; ignoring them must not end the caller's process.
+    handled(this.pid);
+    this.result = handled(
+      new Promise((resolve, reject) => {
+        this.resolveResult = resolve;
+        this.rejectResult = reject;
+      }),
+    );
     this.input = new InputChannel(
       (data, end) => link.input(data, end),
       () => link.writable(),
@@ -69,14 +74,25 @@ export class SandboxProcess implements OperationHandler {
       : null;
   }
 
-  /** Sends a signal to the command's process group. */
-  signal(signal: NodeJS.Signals | string): void {
-    this.link.signal(signal);
+  /**
+   * Sends a signal (a name like 'SIGTERM' or 'TERM', or a number 1..64) to the
+   * command's process group. Rejects with ERR_SANDBOX_BAD_SIGNAL for a signal
+   * the guest does not know; a command that already ended is left alone.
+   */
+  signal(signal: NodeJS.Signals | string | number = 'SIGTERM'): Promise<void> {
+    let num: number;
+    try {
+      num = checkSignal(signal);
+    } catch (err) {
+      return rejected(err);
+    }
+    if (!this.ended) this.link.signal(num);
+    return Promise.resolve();
   }
 
   /** Kills the command's process group. */
   cancel(): void {
-    this.link.cancel();
+    if (!this.ended) this.link.cancel();
   }
 
   // ---- OperationHandler (called by the sink) ----
@@ -97,6 +113,7 @@ export class SandboxProcess implements OperationHandler {
   done(
     result: { error?: { code: string; message: string; details?: unknown } } & Record<string, unknown>,
   ): void {
+    this.ended = true;
     this.input.close();
     if (result.error) {
       const err = errorFrom(result.error);

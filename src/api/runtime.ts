@@ -11,13 +11,15 @@
  * Each sandbox is a VM actor on a VM worker; this thread talks to it with
  * messages and receives its streams through a local sink actor.
  */
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LevelWithSilent } from 'pino';
 import type { Piscina } from 'piscina';
 import { type NetworkOptions, resolveNetConfig } from '../actors/net/config.js';
 import { NetworkService } from '../actors/net/network-service.js';
+import { sweepStaleIdLocks } from '../actors/vm/backends/id-ranges.js';
 import { probeAccel } from '../actors/vm/backends/kvm-probe.js';
+import { reapStaleRunDirs } from '../actors/vm/backends/run-dir.js';
 import type { VmInfo } from '../actors/vm/messages.js';
 import VmActor, { type VmArgs } from '../actors/vm/vm-actor.js';
 import { createImagePool } from '../images/pool.js';
@@ -29,8 +31,9 @@ import { ControlServer } from '../runtime/control-server.js';
 import { actorvmHome, defaultLogFile, defaultSocketPath } from '../runtime/paths.js';
 import { registerSystemMethods } from '../runtime/system-control.js';
 import { registerSandboxMethods } from './control.js';
-import { SandboxError } from './errors.js';
+import { SandboxError, SandboxErrorCode } from './errors.js';
 import { Sandbox, type SandboxHost } from './sandbox.js';
+import { check, checkOptions, RuntimeOptionsSchema, SandboxOptionsSchema } from './schemas.js';
 import SinkKind, { SinkRegistry } from './sink.js';
 
 export type BackendChoice = 'qemu' | 'namespace' | 'auto';
@@ -90,16 +93,24 @@ export class Runtime implements SandboxHost {
     readonly control: ControlServer | undefined,
   ) {}
 
+  /** Starts a runtime. Throws ERR_RUNTIME_BAD_OPTIONS, or ERR_CONTROL_IN_USE (nothing is left running then). */
   static async start(opts: RuntimeOptions = {}): Promise<Runtime> {
+    opts = check(RuntimeOptionsSchema, opts ?? {}, SandboxErrorCode.BAD_RUNTIME_OPTIONS, 'runtime options');
     const home = opts.home ?? actorvmHome();
     const runRoot = join(home, 'run', 'vms');
     mkdirSync(runRoot, { recursive: true, mode: 0o700 });
-    removeStaleRunDirs(runRoot);
     const system = await ActorSystem.start({
       workers: opts.workers,
       log: { level: opts.log?.level, file: opts.log?.file ?? defaultLogFile() },
       name: 'actorvm',
     });
+    // What a runtime that died left behind: its sandboxes' processes (if any survived), mounts, run files.
+    const stale = {
+      ...(await reapStaleRunDirs(runRoot, (pid) => existsSync(`/proc/${pid}`))),
+      idLocks: sweepStaleIdLocks(),
+    };
+    if (stale.dirs > 0 || stale.idLocks > 0)
+      system.log.info({ event: 'runtime.stale_cleaned', ...stale }, 'cleaned up after a dead runtime');
     const net = await NetworkService.start(system);
     const pool = createImagePool();
     const images = new ImageStore({ home, pool, log: system.log });
@@ -114,20 +125,32 @@ export class Runtime implements SandboxHost {
       registerSystemMethods(control, system);
       net.registerControl(control);
       registerSandboxMethods(control, rt);
-      await control.listen();
+      try {
+        await control.listen();
+      } catch (err) {
+        await rt.stop();
+        throw err;
+      }
     }
     system.on('escalation', (e: { actor: { id: number } }) => rt.onEscalation(e.actor.id));
     return rt;
   }
 
-  /** Creates a sandbox and resolves once its agent answered (or rejects with why it could not boot). */
+  /**
+   * Creates a sandbox and resolves once its agent answered (or rejects with why
+   * it could not boot). Options are checked first (ERR_SANDBOX_BAD_OPTIONS,
+   * ERR_NET_BAD_CONFIG, ERR_NET_BAD_RULE, ERR_IMAGE_*): nothing is created for
+   * a bad one.
+   */
   async createSandbox(opts: SandboxOptions = {}): Promise<Sandbox> {
-    if (this.stopping) throw new SandboxError('ERR_SANDBOX_STOPPED', 'the runtime is stopping');
+    opts = checkOptions(SandboxOptionsSchema, opts);
+    if (this.stopping) throw new SandboxError(SandboxErrorCode.STOPPED, 'the runtime is stopping');
+    const { forwards: forwardOpts = [], ...netOptions } = opts.network ?? {};
+    const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
     const image = await this.images.ensure(opts.image ?? 'base');
     const backend = await this.chooseBackend(opts.backend ?? this.defaultBackend);
     const id = this.nextSandbox++;
-    const { forwards = [], ...netOpts } = opts.network ?? {};
-    const config = resolveNetConfig({ hostname: opts.hostname, ...netOpts });
+    const forwards = forwardOpts;
     const runDir = join(this.home, 'run', 'vms', `${process.pid}-${id}`);
     const args: VmArgs = {
       sandbox: id,
@@ -240,14 +263,4 @@ export class Runtime implements SandboxHost {
 function macFor(id: number): string {
   const b = [0x52, 0x54, 0x00, (id >>> 16) & 0xff, (id >>> 8) & 0xff, id & 0xff];
   return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
-}
-
-/** Run directories of runtimes that died (pid gone) are removed at start. */
-function removeStaleRunDirs(root: string): void {
-  for (const name of readdirSync(root)) {
-    const pid = Number(name.split('-')[0]);
-    if (!Number.isInteger(pid) || pid === process.pid) continue;
-    if (existsSync(`/proc/${pid}`)) continue;
-    rmSync(join(root, name), { recursive: true, force: true });
-  }
 }

@@ -3,11 +3,27 @@
  * console logs, teardown. Every operation is a message to the sandbox's VM
  * actor; bytes stream over the rings (see streams.ts).
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { OUT_FILE, type VmInfo, type VmMessage, type VmState } from '../actors/vm/messages.js';
 import type { ActorRef } from '../runtime/actor-ref.js';
-import { errorFrom, SandboxError } from './errors.js';
+import { errorFrom, SandboxError, SandboxErrorCode } from './errors.js';
 import { type ProcessResult, SandboxProcess } from './process.js';
+import {
+  checkCommand,
+  checkOptions,
+  checkPath,
+  checkPort,
+  DEFAULT_MAX_OUTPUT_BYTES,
+  ExecOptionsSchema,
+  ExposeOptionsSchema,
+  handled,
+  LogBytes,
+  MkdirOptionsSchema,
+  Proto,
+  SpawnOptionsSchema,
+  WriteOptionsSchema,
+} from './schemas.js';
 import type { OperationHandler, SinkRegistry } from './sink.js';
 import { InputChannel, OutputStream } from './streams.js';
 
@@ -30,11 +46,16 @@ export interface ExecOptions extends Omit<SpawnOptions, 'stdin'> {
   stdin?: string | Uint8Array | Readable;
   onStdout?: (chunk: string) => void;
   onStderr?: (chunk: string) => void;
+  /** Bytes of each stream kept in the result (default 16 MiB); past it the callbacks still get everything. */
+  maxOutputBytes?: number;
 }
 
 export interface ExecResult extends ProcessResult {
   stdout: string;
   stderr: string;
+  /** The stream produced more than `maxOutputBytes`: the result holds only its first bytes. */
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
 }
 
 export interface FileInfo {
@@ -73,9 +94,15 @@ export class Sandbox {
     this.files = new SandboxFiles(id, this.vm, host.registry);
   }
 
-  /** Starts a command and returns its live streams. */
+  /**
+   * Starts a command and returns its live streams. Throws ERR_SANDBOX_BAD_COMMAND
+   * or ERR_SANDBOX_BAD_OPTIONS for what no guest could run, ERR_SANDBOX_STOPPED
+   * once killed.
+   */
   spawn(cmd: Command, opts: SpawnOptions = {}): SandboxProcess {
-    if (this.killed) throw new SandboxError('ERR_SANDBOX_STOPPED', `sandbox ${this.id} was killed`);
+    opts = checkOptions(SpawnOptionsSchema, opts);
+    cmd = checkCommand(cmd, opts.env);
+    if (this.killed) throw this.stoppedError();
     const registry = this.host.registry;
     const vm = this.vm;
     let id = 0;
@@ -101,31 +128,63 @@ export class Sandbox {
     return proc;
   }
 
-  /** Runs a command to completion and collects its output. */
+  /**
+   * Runs a command to completion and collects its output: at most
+   * `maxOutputBytes` of each stream are kept (the result says when more was
+   * cut), while `onStdout`/`onStderr` receive every byte, decoded as UTF-8
+   * across chunk boundaries.
+   */
   async exec(cmd: Command, opts: ExecOptions = {}): Promise<ExecResult> {
-    if (this.killed) throw new SandboxError('ERR_SANDBOX_STOPPED', `sandbox ${this.id} was killed`);
-    const { stdin, onStdout, onStderr, ...rest } = opts;
+    opts = checkOptions(ExecOptionsSchema, opts);
+    const { stdin, onStdout, onStderr, maxOutputBytes = DEFAULT_MAX_OUTPUT_BYTES, ...rest } = opts;
     const proc = this.spawn(cmd, { ...rest, stdin: stdin === undefined ? 'closed' : 'pipe' });
-    const collect = (r: Readable, cb?: (s: string) => void): Promise<string> =>
+    const collect = (r: Readable, cb?: (s: string) => void): Promise<{ text: string; truncated: boolean }> =>
       new Promise((resolve, reject) => {
         const parts: Buffer[] = [];
+        let kept = 0;
+        let truncated = false;
+        const decoder = cb ? new StringDecoder('utf8') : undefined;
         r.on('data', (d: Buffer) => {
-          parts.push(d);
-          cb?.(d.toString('utf8'));
+          if (kept < maxOutputBytes) {
+            const take = Math.min(d.length, maxOutputBytes - kept);
+            parts.push(take === d.length ? d : d.subarray(0, take));
+            kept += take;
+            if (take < d.length) truncated = true;
+          } else if (d.length > 0) truncated = true;
+          if (decoder) {
+            const text = decoder.write(d);
+            if (text) cb!(text);
+          }
         });
-        r.once('end', () => resolve(Buffer.concat(parts).toString('utf8')));
+        r.once('end', () => {
+          const rest = decoder?.end();
+          if (rest) cb!(rest);
+          resolve({ text: Buffer.concat(parts).toString('utf8'), truncated });
+        });
         r.once('error', reject);
       });
     if (stdin !== undefined && proc.stdin) {
+      // A command that stops reading its stdin ends the write with an error: the result tells.
+      proc.stdin.on('error', () => {});
       if (typeof stdin === 'string' || stdin instanceof Uint8Array) proc.stdin.end(stdin);
-      else stdin.pipe(proc.stdin);
+      else (stdin as Readable).pipe(proc.stdin);
     }
     const [stdout, stderr, result] = await Promise.all([
       collect(proc.stdout, onStdout),
       collect(proc.stderr, onStderr),
       proc.result,
     ]);
-    return { ...result, stdout, stderr };
+    return {
+      ...result,
+      stdout: stdout.text,
+      stderr: stderr.text,
+      stdoutTruncated: stdout.truncated,
+      stderrTruncated: stderr.truncated,
+    };
+  }
+
+  private stoppedError(): SandboxError {
+    return new SandboxError(SandboxErrorCode.STOPPED, `sandbox ${this.id} was killed`, { sandbox: this.id });
   }
 
   /**
@@ -136,16 +195,24 @@ export class Sandbox {
     guestPort: number,
     opts: { hostPort?: number; proto?: 'tcp' | 'udp' } = {},
   ): Promise<{ host: string; port: number; url: string }> {
+    checkPort(guestPort, 'guestPort');
+    const hostPort = (opts as { hostPort?: unknown } | undefined)?.hostPort;
+    if (hostPort !== undefined) checkPort(hostPort, 'hostPort', true);
+    opts = checkOptions(ExposeOptionsSchema, opts);
+    if (this.killed) throw this.stoppedError();
     const r = await this.host.expose(this.id, guestPort, opts);
     return { host: r.hostIp, port: r.hostPort, url: `http://${r.hostIp}:${r.hostPort}/` };
   }
 
-  unexpose(hostPort: number, proto: 'tcp' | 'udp' = 'tcp'): Promise<boolean> {
+  async unexpose(hostPort: number, proto: 'tcp' | 'udp' = 'tcp'): Promise<boolean> {
+    checkPort(hostPort, 'hostPort');
+    checkOptions(Proto, proto, 'proto');
     return this.host.unexpose(this.id, hostPort, proto);
   }
 
   /** The last bytes of the sandbox's console (serial console, or the init's stderr). */
-  logs(bytes = 64 * 1024): Promise<string> {
+  async logs(bytes = 64 * 1024): Promise<string> {
+    checkOptions(LogBytes, bytes, 'bytes');
     return this.vm.ask({ type: 'logs', bytes });
   }
 
@@ -156,7 +223,7 @@ export class Sandbox {
   /** Stops the sandbox and frees everything it held. Later calls fail with ERR_SANDBOX_STOPPED. */
   kill(): Promise<void> {
     this.markKilled();
-    return this.host.kill(this.id);
+    return handled(this.host.kill(this.id));
   }
 
   /** The runtime took the sandbox down (kill, or the runtime stopping). */
@@ -182,7 +249,11 @@ export class SandboxFiles {
   }
 
   private live(): void {
-    if (this.killed) throw new SandboxError('ERR_SANDBOX_STOPPED', `sandbox ${this.sandbox} was killed`);
+    if (this.killed) {
+      throw new SandboxError(SandboxErrorCode.STOPPED, `sandbox ${this.sandbox} was killed`, {
+        sandbox: this.sandbox,
+      });
+    }
   }
 
   /**
@@ -194,12 +265,20 @@ export class SandboxFiles {
     data: string | Uint8Array | Readable,
     opts: { mode?: number; size?: number } = {},
   ): Promise<void> {
+    checkPath(path);
+    opts = checkOptions(WriteOptionsSchema, opts);
+    if (typeof data !== 'string' && !(data instanceof Uint8Array) && !(data instanceof Readable)) {
+      throw new SandboxError(
+        SandboxErrorCode.BAD_OPTIONS,
+        'data must be a string, a Uint8Array or a Readable',
+      );
+    }
     this.live();
     const bytes =
       typeof data === 'string' ? Buffer.from(data) : data instanceof Uint8Array ? data : undefined;
     const size = bytes ? bytes.length : opts.size;
     if (size === undefined)
-      throw new SandboxError('ERR_SANDBOX_BAD_OPTIONS', 'writing a stream needs its size');
+      throw new SandboxError(SandboxErrorCode.BAD_OPTIONS, 'writing a stream needs its size');
     const vm = this.vm;
     let id = 0;
     const input = new InputChannel(
@@ -231,7 +310,8 @@ export class SandboxFiles {
   }
 
   /** Opens a file for streaming: its size and mode, and its content as a Readable. */
-  readStream(path: string): Promise<FileInfo & { stream: Readable }> {
+  async readStream(path: string): Promise<FileInfo & { stream: Readable }> {
+    checkPath(path);
     this.live();
     const vm = this.vm;
     let id = 0;
@@ -268,17 +348,21 @@ export class SandboxFiles {
   }
 
   async stat(path: string): Promise<Record<string, unknown>> {
+    checkPath(path);
     this.live();
     return JSON.parse(await this.vm.ask({ type: 'fs', op: 'stat', path, mode: 0 }));
   }
 
   async list(path: string): Promise<Record<string, unknown>[]> {
+    checkPath(path);
     this.live();
     return JSON.parse(await this.vm.ask({ type: 'fs', op: 'list', path, mode: 0 }));
   }
 
   /** `mkdir -p`. */
   async mkdir(path: string, opts: { mode?: number } = {}): Promise<void> {
+    checkPath(path);
+    opts = checkOptions(MkdirOptionsSchema, opts);
     this.live();
     await this.vm.ask({ type: 'fs', op: 'mkdir', path, mode: opts.mode ?? 0o755 });
   }

@@ -8,6 +8,17 @@
  *
  * Robustness: every request is validated (zod) and answered; a malformed or
  * failing request gets a typed error reply and the server keeps serving.
+ *
+ * Bounds, per connection: a request line longer than MAX_CONTROL_LINE is a
+ * protocol error — the connection gets an error reply, is no longer read and
+ * is closed, so a client cannot make the server buffer without end. Replies
+ * and streamed events wait in the socket's write buffer; at most MAX_INFLIGHT
+ * requests of a connection run at once; above MAX_BUFFERED_REPLIES of unread
+ * replies the server stops reading that connection's requests
+ * until the client reads, and a streaming method sees `send()` return false
+ * and pauses its source until `drained()` (vm.exec pauses the command's
+ * output, which in turn stops the guest). A client that never reads costs
+ * that much memory, not what it asks for.
  */
 import { chmodSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -22,10 +33,20 @@ import {
 } from '../protocol/control.js';
 import type { Logger } from './logger.js';
 
+/** Bytes of replies a connection may have unread before the server stops reading its requests. */
+export const MAX_BUFFERED_REPLIES = 4 << 20;
+/** Requests of one connection running at once; the rest wait unread in the socket. */
+export const MAX_INFLIGHT = 32;
+
 /** Per-request helpers for a handler. */
 export interface ControlCall {
-  /** Streams an intermediate event to the client (streaming methods). */
-  send(event: unknown): void;
+  /**
+   * Streams an intermediate event to the client (streaming methods). False
+   * when the client is behind: pause the source until `drained()`.
+   */
+  send(event: unknown): boolean;
+  /** Resolves when the client has read what is buffered (or has gone). */
+  drained(): Promise<void>;
   /** Fires when the client goes away before the reply. */
   readonly signal: AbortSignal;
 }
@@ -57,8 +78,10 @@ export class ControlServer {
 
   async listen(): Promise<void> {
     const dir = dirname(this.path);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    chmodSync(dir, 0o700);
+    // Only a directory we create is ours to make 0700; an existing one (say /tmp,
+    // 1777) keeps its mode — the socket's own 0600 is what the kernel checks.
+    const created = mkdirSync(dir, { recursive: true, mode: 0o700 });
+    if (created) chmodSync(dir, 0o700);
     await removeStaleSocket(this.path);
     const server = net.createServer((s) => this.serve(s));
     this.server = server;
@@ -95,25 +118,67 @@ export class ControlServer {
       abort.abort();
     });
     socket.on('error', () => {});
-    let buffered = '';
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => {
-      buffered += chunk;
-      let nl = buffered.indexOf('\n');
-      while (nl >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        if (line.trim().length > 0) void this.dispatch(line, socket, abort.signal);
-        nl = buffered.indexOf('\n');
+    let closing = false;
+    // Requests read but not yet started, and started but not yet answered.
+    const queue: string[] = [];
+    let inflight = 0;
+    const resumeIfIdle = (): void => {
+      const idle =
+        queue.length === 0 && inflight < MAX_INFLIGHT && socket.writableLength <= MAX_BUFFERED_REPLIES;
+      if (idle && !closing && !socket.destroyed) socket.resume();
+    };
+    const pump = (): void => {
+      while (!closing && inflight < MAX_INFLIGHT && queue.length > 0) {
+        inflight++;
+        void this.dispatch(queue.shift()!, socket, abort.signal).finally(() => {
+          inflight--;
+          pump();
+          resumeIfIdle();
+        });
       }
-      if (buffered.length > MAX_CONTROL_LINE) {
+    };
+    // Requests are read only while the client reads its replies.
+    socket.on('drain', resumeIfIdle);
+    const chunks: Buffer[] = [];
+    let pending = 0; // bytes of the unfinished line held in `chunks`
+    socket.on('data', (chunk: Buffer) => {
+      let from = 0;
+      // Only the new bytes are searched: a long line costs one scan, not one per chunk.
+      for (let nl = chunk.indexOf(10, from); nl >= 0; nl = chunk.indexOf(10, from)) {
+        const tail = chunk.subarray(from, nl);
+        const line = chunks.length
+          ? Buffer.concat([...chunks, tail]).toString('utf8')
+          : tail.toString('utf8');
+        chunks.length = 0;
+        pending = 0;
+        from = nl + 1;
+        if (line.trim().length > 0) queue.push(line);
+      }
+      if (from < chunk.length) {
+        chunks.push(chunk.subarray(from));
+        pending += chunk.length - from;
+      }
+      if (pending > MAX_CONTROL_LINE) {
+        chunks.length = 0;
+        pending = 0;
+        queue.length = 0;
+        // A protocol error: reply, read nothing more, close.
+        closing = true;
+        socket.pause();
+        socket.removeAllListeners('data');
         write(socket, {
           id: null,
           ok: false,
           error: { code: 'ERR_CONTROL_TOO_LARGE', message: `request exceeds ${MAX_CONTROL_LINE} bytes` },
         });
         socket.end();
+        socket.once('finish', () => socket.destroy());
+        this.log.warn({ event: 'control.too_large' }, 'oversized control request: connection closed');
+        return;
       }
+      pump();
+      // More requests than we run at once: read no further until they are answered.
+      if (queue.length > 0) socket.pause();
     });
   }
 
@@ -167,6 +232,13 @@ export class ControlServer {
     try {
       const result = await method.handle(params.data, {
         send: (event) => write(socket, { id: req.id, event }),
+        drained: () =>
+          socket.writableNeedDrain && !socket.destroyed
+            ? new Promise<void>((resolve) => {
+                socket.once('drain', resolve);
+                socket.once('close', resolve);
+              })
+            : Promise.resolve(),
         signal,
       });
       write(socket, { id: req.id, ok: true, result: result ?? null });
@@ -177,8 +249,13 @@ export class ControlServer {
   }
 }
 
-function write(socket: net.Socket, msg: ControlResponse): void {
-  if (!socket.destroyed && socket.writable) socket.write(`${JSON.stringify(msg)}\n`);
+/** Writes one reply; false when the client is behind (and its requests are then not read until it catches up). */
+function write(socket: net.Socket, msg: ControlResponse): boolean {
+  if (socket.destroyed || !socket.writable) return false;
+  socket.write(`${JSON.stringify(msg)}\n`);
+  if (socket.writableLength <= MAX_BUFFERED_REPLIES) return true;
+  socket.pause();
+  return false;
 }
 
 export function toErrorBody(err: unknown): ControlErrorBody {

@@ -1,4 +1,7 @@
+import { readFileSync, readlinkSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
+import { processesInPidNamespace } from '../support/processes.js';
 import { startAgent, waitFor } from './helpers.js';
 
 /** The agent as PID 1 of a new pid namespace, with its own /proc (no --init: nothing is mounted by the agent). */
@@ -32,6 +35,27 @@ describe('agent as PID 1 of a pid namespace', () => {
     await client.shutdown();
     await agent.exited;
     await expect(leftover.result).rejects.toMatchObject({ code: 'ERR_AGENT_CLOSED' });
+  });
+});
+
+describe('the lifeline', () => {
+  it('ends the pid namespace, daemons included, when the other end closes', async () => {
+    // fd 4: a socketpair whose other end only this process holds (as the runtime does).
+    const { client, agent } = await startAgent({ wrapper: PIDNS, extraFds: 1, args: ['--lifeline-fd', '4'] });
+    const watched = client.run({ shell: 'sleep 1000' });
+    await watched.pid;
+    await client.exec({ shell: 'setsid sleep 1001 </dev/null >/dev/null 2>&1 &' });
+    // The agent is unshare's child; its pid namespace is the sandbox's.
+    const agentPid = Number(
+      readFileSync(`/proc/${agent.child.pid}/task/${agent.child.pid}/children`, 'utf8'),
+    );
+    const ns = readlinkSync(`/proc/${agentPid}/ns/pid`);
+    expect(processesInPidNamespace(ns).length).toBeGreaterThanOrEqual(3);
+    (agent.child.stdio[4] as Socket).destroy();
+    await expect(watched.result).rejects.toMatchObject({ code: 'ERR_AGENT_CLOSED' });
+    await agent.exited;
+    expect(agent.stderrText()).toContain('lifeline closed');
+    expect(processesInPidNamespace(ns)).toEqual([]);
   });
 });
 

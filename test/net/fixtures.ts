@@ -55,9 +55,15 @@ export async function startNetHarness(
         hashKey: net.hashKey,
         transport: {
           kind: 'spawn',
+          // A pid namespace of its own (the agent as its PID 1, with its own /proc): when the
+          // agent is killed, so is everything the guest started, daemons included.
           argv: [
             'unshare',
             '--net',
+            '--pid',
+            '--fork',
+            '--kill-child=SIGKILL',
+            '--mount-proc',
             '--',
             agentBinaryPath(),
             '--tap-listen',

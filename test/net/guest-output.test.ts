@@ -68,6 +68,23 @@ describe('guest output buffer', () => {
     expect(out.inUse).toBe(0);
   });
 
+  it('never extends a batch that ends exactly at the end of the buffer past the wrap', () => {
+    // Found by the property below: the batch filled the buffer to its last byte,
+    // the oldest write completed, and the next frame went to offset 0 — into the
+    // same batch, whose view then missed it.
+    const out = new GuestOutput(64);
+    append(out, 41, 1);
+    const first = out.take()!;
+    append(out, 23, 2);
+    first.release();
+    expect(out.fitsInBatch(1)).toBe(false);
+    expect(out.reserve(1)).toBe(-1);
+    const second = out.take()!;
+    expect([...second.data]).toEqual(Array(23).fill(2));
+    expect(append(out, 1, 3)).toBe(true);
+    expect([...out.take()!.data]).toEqual([3]);
+  });
+
   it('delivers exactly the appended bytes, in order, for any interleaving (property)', () => {
     const op = fc.oneof(
       fc.record({ kind: fc.constant('append' as const), n: fc.integer({ min: 1, max: 40 }) }),
@@ -106,6 +123,7 @@ describe('guest output buffer', () => {
         expect(written).toEqual(expected);
         expect(out.inUse).toBe(0);
       }),
+      { numRuns: 2000 },
     );
   });
 });

@@ -199,4 +199,50 @@ describe('shard supervision', () => {
     proc.stdin!.end();
     await proc.result;
   });
+
+  it('replays a forward added before a shard crash: the same host port reaches the guest afterwards', async () => {
+    const h = await startNetHarness({ shardsPerWorker: 2 });
+    cleanups.push(() => h.stop());
+    const g = await h.guest();
+    // A guest echo server on 8080 (it lives in the guest's network namespace).
+    const server = g.agent.run({
+      argv: [
+        'python3',
+        '-u',
+        '-c',
+        [
+          'import socket',
+          's = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+          's.bind(("0.0.0.0", 8080)); s.listen(8); print("listening", flush=True)',
+          'while True:',
+          '    c, _ = s.accept(); c.sendall(c.recv(64)); c.close()',
+        ].join('\n'),
+      ],
+    });
+    await new Promise<void>((r) => server.stdout.once('data', () => r()));
+    const rule = await h.net.forward(g.sandbox, { guestPort: 8080 });
+    const echoOnce = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const c = net.connect(rule.hostPort, '127.0.0.1', () => c.write('ping'));
+        let got = '';
+        c.on('data', (d) => (got += d));
+        c.on('end', () => resolve(got));
+        c.on('error', reject);
+      });
+    expect(await echoOnce()).toBe('ping');
+
+    const owner = (await h.net.stats()).findIndex((st) =>
+      (st.forwards as { hostPort: number }[]).some((f) => f.hostPort === rule.hostPort),
+    );
+    expect(owner).toBeGreaterThanOrEqual(0);
+    const victim = h.system.find(`flow-shard-${owner}`)!;
+    const replayed = new Promise<void>((resolve) =>
+      h.net.on('replayed', (e: { shard: string }) => e.shard === victim.name && resolve()),
+    );
+    expect(await h.system.injectFailure(victim, 'chaos drill')).toBe(true);
+    await replayed;
+    expect(await echoOnce()).toBe('ping');
+    server.cancel();
+    await server.result;
+  });
 });

@@ -1,5 +1,6 @@
 /** Host-side helpers shared by tests and benches: a free loopback port, a daemon started on a ready line. */
 import type { ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { launchWithDeathSignal } from '../../src/actors/vm/backends/launcher.js';
 
@@ -29,4 +30,20 @@ export function startDaemon(argv: string[], ready: RegExp): Promise<ChildProcess
     child.stderr!.on('data', onData);
     child.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited (${code}): ${out}`)));
   });
+}
+
+/** Host pids of the live (not zombie) processes in the pid namespace `ns` (a /proc/<pid>/ns/pid link target). */
+export function processesInPidNamespace(ns: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readlinkSync(`/proc/${name}/ns/pid`) !== ns) continue;
+      if (/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${name}/stat`, 'utf8'))) continue;
+      out.push(Number(name));
+    } catch {
+      // gone while we looked
+    }
+  }
+  return out;
 }

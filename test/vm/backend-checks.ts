@@ -54,7 +54,7 @@ export function expectLifecycleLogged(rec: RecordingLogger): void {
 export async function holdMachineInChild(
   backend: BackendKind,
   runDir: string,
-): Promise<{ holder: ChildProcess; pid: number }> {
+): Promise<{ holder: ChildProcess; pid: number; slot?: number }> {
   const fixture = new URL('./fixtures/hold-machine.ts', import.meta.url).pathname;
   const holder = spawn(process.execPath, ['--import', 'tsx', fixture, backend, IMAGE_HOME, runDir], {
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -72,6 +72,6 @@ export async function holdMachineInChild(
       reject(new Error(`holder exited (${code}) before starting its ${backend} machine`)),
     );
   });
-  const { pid } = JSON.parse(line) as { pid: number };
-  return { holder, pid };
+  const { pid, slot } = JSON.parse(line) as { pid: number; slot?: number };
+  return { holder, pid, slot };
 }

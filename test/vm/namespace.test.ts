@@ -5,11 +5,12 @@
  * without leftovers; a setup that fails; dying with the process that started
  * it. Skipped (with the reason) where the host cannot create the namespaces.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backendAvailable } from '../../src/actors/vm/backends/availability.js';
+import { idLockPath, sweepStaleIdLocks } from '../../src/actors/vm/backends/id-ranges.js';
 import { startNamespaceMachine } from '../../src/actors/vm/backends/namespace.js';
 import { hasCode } from '../../src/errors.js';
 import { spawnWorker } from '../../src/runtime/spawn-worker.js';
@@ -35,6 +36,13 @@ import {
 
 const avail = await backendAvailable('namespace');
 
+/** The slot's lock names a process that no longer runs (another sandbox may have claimed it since). */
+function heldByTheDead(slot: number): boolean {
+  if (!existsSync(idLockPath(slot))) return false;
+  const [pid] = readFileSync(idLockPath(slot), 'utf8').split(' ');
+  return pid !== '' && !processAlive(Number(pid));
+}
+
 describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${avail.reason}`}`, () => {
   it('runs the agent as PID 1 of fresh namespaces, carries frames and stops without leftovers', async () => {
     const image = await baseImage();
@@ -57,7 +65,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     expect((await again.exec({ shell: 'echo again' })).stdout.toString()).toBe('again\n');
 
     const outer = pidsWithArg(runDir);
-    expect(outer.length).toBeGreaterThan(0); // setpriv/unshare
+    expect(outer.length).toBeGreaterThan(0); // the launcher
     await m.stop();
     expect(processAlive(m.pid)).toBe(false);
     for (const p of outer) expect(processAlive(p)).toBe(false);
@@ -66,7 +74,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     expectLifecycleLogged(rec);
   });
 
-  it('isolates processes, hostname, network, mounts and writes; maps ids 0–65535', async () => {
+  it('isolates processes, hostname, network, mounts and writes; maps guest ids to its own host range', async () => {
     const image = await baseImage();
     const runDir = join(tempDir(), 'run');
     const { log } = recordingLogger();
@@ -82,7 +90,8 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     expect(pids).toContain(1);
     expect(pids.length).toBeLessThan(10);
     expect(await sh('hostname')).not.toBe(hostname());
-    expect(await sh('cat /proc/self/uid_map')).toMatch(/^0\s+0\s+65536$/);
+    expect((await sh('cat /proc/self/uid_map')).split(/\s+/).map(Number)).toEqual([0, m.ids.base, 65536]);
+    expect(m.ids.base).toBeGreaterThanOrEqual(65536);
     expect(await sh('id -u')).toBe('0');
     // Network: loopback and the TAP, nothing of the host's.
     expect((await sh('ls /sys/class/net')).split('\n').sort()).toEqual(['eth0', 'lo']);
@@ -138,11 +147,10 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
     const dir = tempDir();
     const runDir = join(dir, 'run');
     const { log } = recordingLogger();
-    // An image whose rootfs lacks the agent: the final exec fails.
+    // An image whose agent cannot be executed (a script for an interpreter that is not there): the final exec fails.
     const rootfs = join(dir, 'rootfs');
-    mkdirSync(join(rootfs, 'bin'), { recursive: true });
-    const { copyFileSync } = await import('node:fs');
-    copyFileSync(join(image.rootfs, 'bin/busybox'), join(rootfs, 'bin/busybox'));
+    mkdirSync(join(rootfs, 'sbin'), { recursive: true });
+    writeFileSync(join(rootfs, 'sbin/actorvm-agent'), '#!/no/such/interpreter\n', { mode: 0o755 });
     const m = await startNamespaceMachine(machineSpec({ ...image, rootfs }, runDir, log));
     onCleanup(() => m.stop({ graceMs: 0 }));
     const err = await m.connectAgent({ timeoutMs: 20_000 }).then(
@@ -150,7 +158,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
       (e: unknown) => e as Error,
     );
     expect(hasCode(err, 'ERR_VM_EXITED')).toBe(true);
-    expect(err?.message).toMatch(/actorvm-agent|not found|No such file/);
+    expect(err?.message).toMatch(/exec \/sbin\/actorvm-agent: No such file/);
     await m.stop();
     expect(listDir(runDir)).toEqual([]);
   });
@@ -158,7 +166,7 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
   it('dies with the process that started it, even when that process is SIGKILLed', async () => {
     const runDir = join(tempDir(), 'run');
     await baseImage();
-    const { holder, pid } = await holdMachineInChild('namespace', runDir);
+    const { holder, pid, slot } = await holdMachineInChild('namespace', runDir);
     await waitFor('the sandbox init', () => processAlive(pid));
     const outer = pidsWithArg(runDir);
     holder.kill('SIGKILL');
@@ -166,6 +174,9 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
       'the sandbox to die with its parent',
       () => !processAlive(pid) && outer.every((p) => !processAlive(p)),
     );
+    // What a later runtime's start does: the dead sandbox's id range is free again.
+    sweepStaleIdLocks();
+    expect(heldByTheDead(slot!)).toBe(false);
   });
 
   it('started from a worker thread, dies when that thread exits (PR_SET_PDEATHSIG follows the thread)', async () => {
@@ -175,12 +186,15 @@ describe.skipIf(!avail.ok)(`namespace backend${avail.ok ? '' : ` — skipped: ${
       workerData: { home: IMAGE_HOME, runDir },
     });
     onCleanup(() => worker.terminate().then(() => {}));
-    const { pid } = await new Promise<{ pid: number }>((resolve, reject) => {
+    const { pid, slot } = await new Promise<{ pid: number; slot: number }>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', reject);
     });
     expect(processAlive(pid)).toBe(true);
     await worker.terminate();
     await waitFor('the sandbox to die with its thread', () => !processAlive(pid));
+    // The worker died without stopping it: its id range is what a later start frees.
+    sweepStaleIdLocks();
+    expect(heldByTheDead(slot)).toBe(false);
   });
 });

@@ -10,6 +10,7 @@
 import dgram from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
+import { ipToString } from '../../protocol/net/addr.js';
 import {
   ageDnsTtls,
   buildServfail,
@@ -83,8 +84,8 @@ export class DnsProxy {
       return;
     }
     this.stats.queries++;
-    const upstream = sb.config.dnsUpstream ?? systemResolver();
-    const key = `${upstream}|${questionKey(q)}`;
+    const upstream = sb.dnsUpstream;
+    const key = `${upstream?.ip}:${upstream?.port}|${questionKey(q)}`;
     const hit = this.cache.get(key);
     const now = Date.now();
     if (hit && hit.expiresAt > now) {
@@ -105,7 +106,6 @@ export class DnsProxy {
       sendUdpToGuest(sb, this.counters, sb.config.dnsIp, 53, guestPort, buildServfail(payload, q));
       return;
     }
-    const [host, port] = upstream.split(':');
     const id = this.freshId();
     const query = payload.slice();
     setDnsId(query, id);
@@ -117,7 +117,7 @@ export class DnsProxy {
       sendUdpToGuest(p.sb, this.counters, p.sb.config.dnsIp, 53, p.guestPort, buildServfail(p.query, p.q));
     }, UPSTREAM_TIMEOUT_MS);
     this.pending.set(id, { sb, guestPort, guestId: q.id, key, query: payload.slice(), q, timer });
-    this.upstreamSocket().send(query, Number(port ?? 53), host);
+    this.upstreamSocket().send(query, upstream.port, ipToString(upstream.ip));
   }
 
   private freshId(): number {

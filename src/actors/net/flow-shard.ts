@@ -27,7 +27,7 @@ import { FlowTable } from './flow-table.js';
 import { IcmpProxy } from './icmp-proxy.js';
 import { GuestLinkMessages, type ShardMessage, ShardMessages, ShardReplies } from './messages.js';
 import { PayloadArena } from './payload-arena.js';
-import { checkEgress } from './policy.js';
+import { checkEgress, classify } from './policy.js';
 import { PortForwards } from './port-forwards.js';
 import { SandboxNet } from './sandbox-net.js';
 import { type TcpEnv, TcpFlow, TcpFrameBuilder } from './tcp-flow.js';
@@ -41,14 +41,14 @@ export interface FlowShardArgs {
 
 type Flow = TcpFlow | UdpFlow;
 
-/** A guest-initiated flow: to `remote` as the guest addressed it, really to `hostIp` (same port). */
+/** A guest-initiated flow: to `remote` as the guest addressed it, really to `hostIp:hostPort`. */
 function outbound(
   hash: number,
   guestIp: number,
   guestPort: number,
   remoteIp: number,
   remotePort: number,
-  hostIp: number,
+  host: { ip: number; port: number },
 ): FlowEndpoints {
   return {
     hash,
@@ -56,8 +56,8 @@ function outbound(
     guestPort,
     remoteIp,
     remotePort,
-    hostIp: ipToString(hostIp),
-    hostPort: remotePort,
+    hostIp: ipToString(host.ip),
+    hostPort: host.port,
     direction: 'out',
   };
 }
@@ -81,6 +81,12 @@ function inbound(
     hostPort: peerPort,
     direction: 'in',
   };
+}
+
+/** Multicast and broadcast destinations: never answered, not even with a RST. */
+function isGroupAddress(cfg: NetConfig, ip: number): boolean {
+  const c = classify(cfg, ip);
+  return c === 'multicast' || c === 'broadcast';
 }
 
 /** Inbound UDP flow → its key in `inboundPeers` (kept off the flow object, which outbound flows share). */
@@ -182,6 +188,11 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       c.drop(bad);
       return;
     }
+    // Only the sandbox's own address may open flows (the guest side checks too; this is the wall).
+    if (ip.src !== sb.config.guestIp) {
+      c.drop('spoofed_source');
+      return;
+    }
     const verify = sb.config.verifyChecksums;
     if (ip.proto === IPPROTO_TCP) {
       const t = this.tcp;
@@ -205,7 +216,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       }
       if (flow) flow.onSegment(t, pkt, block);
       else if ((t.flags & (SYN | ACK | RST)) === SYN) this.openTcp(sb, hash, ip.src, ip.dst);
-      else if (!(t.flags & RST)) this.rstNoFlow(sb, ip.src, ip.dst);
+      else if (!(t.flags & RST) && !isGroupAddress(sb.config, ip.dst)) this.rstNoFlow(sb, ip.src, ip.dst);
       return;
     }
     if (ip.proto === IPPROTO_UDP) {
@@ -216,7 +227,7 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         return;
       }
       const payload = pkt.subarray(u.payloadOff, u.payloadOff + u.payloadLen);
-      if (ip.dst === sb.config.dnsIp && u.dstPort === 53) {
+      if (ip.dst === sb.config.dnsIp && u.dstPort === 53 && sb.config.policy.dns) {
         this.dns.onQuery(sb, u.srcPort, payload);
         return;
       }
@@ -242,6 +253,10 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
       const verdict = checkEgress(sb.config, ip.dst, 0);
       if (!verdict.ok) {
         this.refuse(sb, 'icmp', ip.dst, 0, verdict.reason);
+        return;
+      }
+      if (verdict.hostPort !== undefined) {
+        this.refuse(sb, 'icmp', ip.dst, 0, 'dns_port');
         return;
       }
       this.icmp.echo(
@@ -273,22 +288,30 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
     return finish(header + this.arena.sum(block, 0, t.payloadLen)) === 0;
   }
 
-  /** Gate for every new outbound flow: policy, rate, cap. Returns the host IP or undefined (refused). */
-  private admit(sb: SandboxNet, proto: 'tcp' | 'udp', dst: number, port: number): number | undefined {
-    const verdict = checkEgress(sb.config, dst, port);
+  /**
+   * Gate for every new outbound flow: policy, rate, cap. Returns where the
+   * flow really goes, or undefined (refused; `silent` when nobody should hear of it).
+   */
+  private admit(
+    sb: SandboxNet,
+    proto: 'tcp' | 'udp',
+    dst: number,
+    port: number,
+  ): { ip: number; port: number } | { refused: true; silent: boolean } {
+    const verdict = checkEgress(sb.config, dst, port, sb.dnsUpstream);
     if (!verdict.ok) {
       this.refuse(sb, proto, dst, port, verdict.reason);
-      return undefined;
+      return { refused: true, silent: verdict.silent };
     }
     if (sb.flows >= sb.maxFlows) {
       this.refuse(sb, proto, dst, port, 'flow_cap');
-      return undefined;
+      return { refused: true, silent: false };
     }
     if (!sb.limiter.take(Date.now())) {
       this.refuse(sb, proto, dst, port, 'rate_limit');
-      return undefined;
+      return { refused: true, silent: false };
     }
-    return verdict.hostIp;
+    return { ip: verdict.hostIp, port: verdict.hostPort ?? port };
   }
 
   private refuse(sb: SandboxNet, proto: string, dst: number, port: number, reason: string): void {
@@ -305,21 +328,21 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
 
   private openTcp(sb: SandboxNet, hash: number, src: number, dst: number): void {
     const t = this.tcp;
-    const hostIp = this.admit(sb, 'tcp', dst, t.dstPort);
-    if (hostIp === undefined) {
-      this.sendRst(sb, src, t.srcPort, dst, t.dstPort, 0, seqAdd(t.seq, 1));
+    const host = this.admit(sb, 'tcp', dst, t.dstPort);
+    if ('refused' in host) {
+      if (!host.silent) this.sendRst(sb, src, t.srcPort, dst, t.dstPort, 0, seqAdd(t.seq, 1));
       return;
     }
-    const flow = new TcpFlow(this, sb, outbound(hash, src, t.srcPort, dst, t.dstPort, hostIp));
+    const flow = new TcpFlow(this, sb, outbound(hash, src, t.srcPort, dst, t.dstPort, host));
     this.addFlow(flow);
     flow.connect(t);
   }
 
   private openUdp(sb: SandboxNet, hash: number, src: number, sport: number, dst: number, dport: number) {
-    const hostIp = this.admit(sb, 'udp', dst, dport);
-    if (hostIp === undefined) return undefined;
+    const host = this.admit(sb, 'udp', dst, dport);
+    if ('refused' in host) return undefined;
     const socket = dgram.createSocket('udp4');
-    const flow = new UdpFlow(this, sb, outbound(hash, src, sport, dst, dport, hostIp), socket);
+    const flow = new UdpFlow(this, sb, outbound(hash, src, sport, dst, dport, host), socket);
     this.addFlow(flow);
     return flow;
   }

@@ -82,15 +82,21 @@ export class GuestNetwork {
   private flushScheduled = false;
   private pausedForShards = false;
 
+  /** The guest's MAC is fixed when given (a VM's NIC): frames from any other source MAC are dropped. */
+  private readonly fixedMac: boolean;
+
   constructor(
     readonly sandbox: number,
     readonly config: NetConfig,
     private readonly shards: ActorRef<ShardMessage, string>[],
     private readonly hashKey: FlowHashKey,
     private readonly log: Logger,
+    guestMac?: string,
   ) {
     this.gatewayMac = parseMac(config.gatewayMac);
     this.dhcp = new DhcpServer(config, this.gatewayMac);
+    this.fixedMac = guestMac !== undefined;
+    if (guestMac) this.guestMac = parseMac(guestMac);
   }
 
   /** Starts relaying a frame stream we were handed (e.g. a child's stdio socket). */
@@ -182,32 +188,39 @@ export class GuestNetwork {
       this.drop('not_for_us');
       return;
     }
-    this.learnMac(buf, off + 6);
+    if (this.fixedMac ? !this.fromGuestMac(buf, off + 6) : !this.learnMac(buf, off + 6)) {
+      this.drop('spoofed_mac');
+      return;
+    }
     const type = etherType(buf, off);
     if (type === ETHERTYPE_IPV4) this.onIpv4(buf, off + ETH_HEADER, len - ETH_HEADER);
     else if (type === ETHERTYPE_ARP) this.onArp(buf, off + ETH_HEADER, len - ETH_HEADER);
     else this.drop('ethertype');
   }
 
-  private learnMac(buf: Uint8Array, at: number): void {
+  private fromGuestMac(buf: Uint8Array, at: number): boolean {
     const m = this.guestMac;
-    if (
-      m &&
+    return (
+      m !== undefined &&
       m[0] === buf[at] &&
       m[1] === buf[at + 1] &&
       m[2] === buf[at + 2] &&
       m[3] === buf[at + 3] &&
       m[4] === buf[at + 4] &&
       m[5] === buf[at + 5]
-    ) {
-      return;
-    }
-    if (buf[at] & 1) return; // a group address is never a source
+    );
+  }
+
+  /** Without a fixed MAC, the guest's is learned from its frames (false: not a usable source). */
+  private learnMac(buf: Uint8Array, at: number): boolean {
+    if (this.fromGuestMac(buf, at)) return true;
+    if (buf[at] & 1) return false; // a group address is never a source
     this.guestMac = buf.slice(at, at + 6);
     this.log.info(
       { event: 'net.guest_mac', sandbox: this.sandbox, mac: macToString(this.guestMac) },
       'guest MAC learned',
     );
+    return true;
   }
 
   private onArp(buf: Uint8Array, off: number, len: number): void {
@@ -216,8 +229,13 @@ export class GuestNetwork {
       this.drop('arp_malformed');
       return;
     }
-    if (a.op !== ARP_REQUEST) return;
     const cfg = this.config;
+    // An ARP probe (sender 0.0.0.0) is fine; claiming another address is not.
+    if (a.senderIp !== cfg.guestIp && a.senderIp !== 0) {
+      this.drop('spoofed_source');
+      return;
+    }
+    if (a.op !== ARP_REQUEST) return;
     if (a.targetIp !== cfg.gatewayIp && a.targetIp !== cfg.dnsIp) return; // not ours to answer
     this.toGuest(buildArpReply(this.gatewayMac, a.targetIp, a.senderMac.slice(), a.senderIp));
   }
@@ -233,11 +251,19 @@ export class GuestNetwork {
     const t = ip.payloadOff;
     if (ip.proto === IPPROTO_UDP && ip.payloadLen >= 8) {
       const dport = (buf[t + 2] << 8) | buf[t + 3];
-      if (dport === DHCP_SERVER_PORT) {
+      // DHCP is the one thing a guest sends before it has its address.
+      if (dport === DHCP_SERVER_PORT && (ip.src === 0 || ip.src === cfg.guestIp)) {
         const reply = this.dhcp.handle(buf, t + 8, ip.payloadLen - 8);
         if (reply) this.toGuest(reply);
         return;
       }
+    }
+    if (ip.src !== cfg.guestIp) {
+      this.drop('spoofed_source');
+      return;
+    }
+    if (ip.proto === IPPROTO_UDP && ip.payloadLen >= 8) {
+      const dport = (buf[t + 2] << 8) | buf[t + 3];
       if (ip.dst === cfg.dnsIp && dport === 53) {
         // All queries for a name go to one shard, so its cache answers them.
         const q = parseDnsQuestion(buf, t + 8, ip.payloadLen - 8);

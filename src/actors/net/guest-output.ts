@@ -42,9 +42,18 @@ export class GuestOutput {
     return this.head - this.tail;
   }
 
+  /**
+   * Where the next byte goes in `buf`. A non-empty batch is contiguous from
+   * its start, so when it ends exactly at the end of the buffer this is
+   * `size` (not 0): the next frame cannot join it.
+   */
+  private get nextOffset(): number {
+    return this.batchBytes > 0 ? (this.batchStart % this.size) + this.batchBytes : this.head % this.size;
+  }
+
   /** Whether `n` more bytes go at the end of the current batch without wrapping. */
   fitsInBatch(n: number): boolean {
-    return (this.head % this.size) + n <= this.size && this.inUse + n <= this.size;
+    return this.nextOffset + n <= this.size && this.inUse + n <= this.size;
   }
 
   /**
@@ -53,7 +62,7 @@ export class GuestOutput {
    * With an empty batch, a frame that would straddle the end starts at 0.
    */
   reserve(n: number): number {
-    let at = this.head % this.size;
+    let at = this.nextOffset;
     if (at + n > this.size) {
       if (this.batchBytes > 0) return -1; // take() the batch first
       const skip = this.size - at;

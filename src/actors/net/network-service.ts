@@ -4,6 +4,7 @@
  * port-forward requests to a shard, and gathers flows and stats for
  * `actorctl flows`.
  */
+import { EventEmitter } from 'node:events';
 import { z } from 'zod';
 import type { ActorAddress } from '../../runtime/actor.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
@@ -31,10 +32,17 @@ export interface FlowRow extends FlowInfo {
 interface Attachment {
   link: ActorAddress;
   config: string;
+  /** Forwards in force, by `proto/hostPort`, with the host port they really got. */
   forwards: Map<string, ForwardRule>;
 }
 
-export class NetworkService {
+const forwardKey = (proto: string, hostPort: number): string => `${proto}/${hostPort}`;
+
+/**
+ * Events: `replayed` ({ shard }) once a restarted shard has every sandbox and
+ * forward back; `replay_failed` ({ shard, error }).
+ */
+export class NetworkService extends EventEmitter {
   private readonly attached = new Map<number, Attachment>();
 
   private constructor(
@@ -42,6 +50,7 @@ export class NetworkService {
     readonly hashKey: FlowHashKey,
     private readonly shards: ActorRef<ShardMessage, string>[],
   ) {
+    super();
     // A shard that crashed comes back empty: give it every sandbox and forward
     // it had. Its own flows are gone (their guests see resets); other shards'
     // flows never noticed.
@@ -97,17 +106,20 @@ export class NetworkService {
     try {
       for (const [sandbox, a] of this.attached) {
         await this.attachTo(shard, sandbox, a);
+        // Same host port as before: whoever was told that port can keep using it.
         for (const rule of a.forwards.values()) {
           if (this.shardFor(sandbox, rule.proto, rule.guestPort) !== shard) continue;
           await this.addForward(shard, rule);
         }
       }
       this.system.log.info({ event: 'net.shard_replayed', shard: shard.name }, 'restarted shard re-attached');
+      this.emit('replayed', { shard: shard.name });
     } catch (err) {
       this.system.log.error(
         { event: 'net.shard_replay_failed', shard: shard.name, err },
         'could not re-attach shard',
       );
+      this.emit('replay_failed', { shard: shard.name, error: err });
     }
   }
 
@@ -139,22 +151,22 @@ export class NetworkService {
     rule: { proto?: 'tcp' | 'udp'; hostIp?: string; hostPort?: number; guestPort: number },
   ): Promise<ForwardRule> {
     const proto = rule.proto ?? 'tcp';
-    const p = proto === 'tcp' ? 6 : 17;
-    const shard =
-      this.shards[flowHash(this.hashKey, sandbox, p, 0, rule.guestPort, 0, 0) % this.shards.length];
-    const json = await shard.ask({
-      type: 'forward',
+    const added = await this.addForward(this.shardFor(sandbox, proto, rule.guestPort), {
+      proto,
       sandbox,
-      proto: p,
       hostIp: rule.hostIp ?? '127.0.0.1',
       hostPort: rule.hostPort ?? 0,
       guestPort: rule.guestPort,
     });
-    return JSON.parse(json) as ForwardRule;
+    // Recorded, so a restarted shard gets it back (replay).
+    this.attached.get(sandbox)?.forwards.set(forwardKey(added.proto, added.hostPort), added);
+    this.system.log.info({ event: 'net.forward_recorded', ...added }, 'port forward in force');
+    return added;
   }
 
   /** Removes a forward by its host port. */
   async unforward(sandbox: number, proto: 'tcp' | 'udp', hostPort: number): Promise<boolean> {
+    this.attached.get(sandbox)?.forwards.delete(forwardKey(proto, hostPort));
     const p = proto === 'tcp' ? 6 : 17;
     const answers = await Promise.all(
       this.shards.map((s) => s.ask({ type: 'unforward', sandbox, proto: p, hostPort })),

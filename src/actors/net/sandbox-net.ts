@@ -5,9 +5,10 @@
  * drains, so a slow guest cannot make the shard buffer without bound).
  */
 
-import { parseMac } from '../../protocol/net/addr.js';
+import { parseIp, parseMac } from '../../protocol/net/addr.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { NetConfig } from './config.js';
+import { systemResolver } from './dns-proxy.js';
 import type { FrameBuilder } from './messages.js';
 import { RateLimiter } from './policy.js';
 
@@ -29,6 +30,8 @@ export class SandboxNet {
   readonly maxFlows: number;
   readonly limiter: RateLimiter;
   blocked = false;
+  /** Where the DNS proxy forwards this sandbox's queries (its own upstream, else the host's resolver). */
+  readonly dnsUpstream: { ip: number; port: number } | undefined;
   private readonly waiting = new Set<GuestPathWaiter>();
 
   constructor(
@@ -39,6 +42,7 @@ export class SandboxNet {
     now: number,
   ) {
     this.gatewayMac = parseMac(config.gatewayMac);
+    this.dnsUpstream = parseHostPort(config.dnsUpstream ?? systemResolver());
     const p = config.policy;
     this.maxFlows = Math.max(1, Math.ceil(p.maxFlows / shardCount));
     this.limiter = new RateLimiter(
@@ -71,4 +75,14 @@ export class SandboxNet {
   forget(w: GuestPathWaiter): void {
     this.waiting.delete(w);
   }
+}
+
+/** "a.b.c.d:port" (port default 53) as numbers; undefined when absent or malformed. */
+export function parseHostPort(text: string | undefined): { ip: number; port: number } | undefined {
+  if (!text) return undefined;
+  const [host, portText] = text.split(':');
+  const ip = parseIp(host);
+  const port = portText === undefined ? 53 : Number(portText);
+  if (ip === undefined || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  return { ip, port };
 }

@@ -151,12 +151,24 @@ export class GuestOps {
     }
   }
 
-  signal(id: number, signal: string): void {
-    this.ops.get(id)?.proc?.signal(signal as NodeJS.Signals);
+  /** Signals a command's process group; a number the agent client refuses is logged, the command left alone. */
+  signal(id: number, signal: number): void {
+    try {
+      this.ops.get(id)?.proc?.signal(signal);
+    } catch (err) {
+      this.log.warn({ event: 'vm.bad_signal', id, signal, err }, 'signal refused');
+    }
   }
 
   cancel(id: number): void {
     this.ops.get(id)?.proc?.cancel();
+  }
+
+  /** Ends operation `id` with `err` (it could not start: a request the agent client refused). */
+  fail(id: number, err: unknown): void {
+    if (!this.ops.has(id))
+      this.ops.set(id, { unacked: 0, sources: [], paused: false, owedCredit: 0, drainArmed: false });
+    this.finish(id, errorJson(err));
   }
 
   /** The VM is going away: every operation ends with this error. */

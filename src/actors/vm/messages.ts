@@ -34,7 +34,8 @@ export const VmMessages = union({
   exec: struct({ id: u32, request: str }),
   /** Bytes for an operation's input (stdin of an exec, content of a put); `end` closes it. */
   input: struct({ id: u32, data: bytes, end: bool }),
-  signal: struct({ id: u32, signal: str }),
+  /** A Linux signal number (the API checked it) for the command's process group. */
+  signal: struct({ id: u32, signal: u8 }),
   cancel: struct({ id: u32 }),
   /** Starts writing a file of `size` bytes; content comes as `input`. */
   put: struct({ id: u32, path: str, mode: u32, size: f64 }),

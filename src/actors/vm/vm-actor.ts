@@ -90,7 +90,7 @@ class VmActor implements Actor<VmMessage, string> {
     private readonly args: VmArgs,
   ) {
     const shards = args.shards.map((a) => ctx.ref(a, FlowShard));
-    this.net = new GuestNetwork(args.sandbox, args.net, shards, args.hashKey, ctx.log);
+    this.net = new GuestNetwork(args.sandbox, args.net, shards, args.hashKey, ctx.log, args.mac);
     this.sink = ctx.ref(args.sink, { messages: SinkMessages, replies: empty });
     this.booted = this.boot();
   }
@@ -232,6 +232,18 @@ class VmActor implements Actor<VmMessage, string> {
       }
       return;
     }
+    // A request this actor cannot carry out fails that operation, never the actor:
+    // whatever a caller sent, the sandbox keeps serving (VM actors are not restarted).
+    try {
+      this.dispatch(ops, msg);
+    } catch (err) {
+      this.ctx.log.warn({ event: 'vm.op_rejected', type: msg.type, err }, 'operation rejected');
+      const id = (msg as { id?: number }).id;
+      if (id !== undefined && msg.type !== 'ack' && msg.type !== 'input') ops.fail(id, err);
+    }
+  }
+
+  private dispatch(ops: GuestOps, msg: VmMessage): void {
     switch (msg.type) {
       case 'exec':
         ops.exec(msg.id, JSON.parse(msg.request) as ExecRequest);

@@ -21,6 +21,8 @@ interface RunOptions extends GlobalOptions {
   expose?: string[];
   timeout?: string;
   memory?: string;
+  /** commander's --no-dns sets this false. */
+  dns?: boolean;
 }
 
 /** Exit status a shell would report for a command result. */
@@ -63,6 +65,7 @@ export function sandboxOptions(opts: RunOptions): SandboxOptions {
       allowHostLoopback: opts.allowHostLoopback,
       allowOut: opts.allowOut,
       denyOut: opts.denyOut,
+      dns: opts.dns,
     },
   };
 }
@@ -79,6 +82,7 @@ export function registerSandboxCommands(program: Command): void {
     .option('--allow-host-loopback', "let the sandbox reach the host's loopback through its gateway address")
     .option('--allow-out <cidr[:ports]>', 'only these destinations are reachable (repeatable)', collect)
     .option('--deny-out <cidr[:ports]>', 'never reachable (repeatable)', collect)
+    .option('--no-dns', 'no DNS proxy at 10.0.2.3 (queries are refused)')
     .option(
       '--expose <guest[:host]>',
       'forward a host port (127.0.0.1) to a guest port (repeatable)',

@@ -5,15 +5,18 @@
  * /dev/net/tun). Answers are cached per process; they do not change while it
  * runs.
  */
-import { execFile } from 'node:child_process';
-import { constants, existsSync, readFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { access } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { agentBinaryPath } from '../../../agent/local.js';
 import { lookupKernel } from '../../../images/kernel.js';
+import { claimIdRange } from './id-ranges.js';
 import { QEMU_BINARY } from './kvm-probe.js';
 import { SETPRIV } from './launcher.js';
 import type { BackendKind } from './machine.js';
-import { UNSHARE } from './namespace.js';
 
 const run = promisify(execFile);
 
@@ -41,9 +44,11 @@ async function checkQemu(): Promise<BackendAvailability> {
 
 async function checkNamespace(): Promise<BackendAvailability> {
   if (process.platform !== 'linux') return { ok: false, reason: 'namespaces need Linux' };
-  for (const bin of [UNSHARE, SETPRIV]) {
-    if (!existsSync(bin)) return { ok: false, reason: `${bin} missing (util-linux)` };
+  if (process.getuid?.() !== 0) {
+    return { ok: false, reason: 'it needs root (host id ranges and idmapped mounts)' };
   }
+  const launcher = agentBinaryPath();
+  if (!existsSync(launcher)) return { ok: false, reason: `${launcher} missing (npm run build:agent)` };
   try {
     if (Number(readFileSync('/proc/sys/user/max_user_namespaces', 'utf8')) === 0) {
       return { ok: false, reason: 'user namespaces are disabled (user.max_user_namespaces = 0)' };
@@ -59,26 +64,50 @@ async function checkNamespace(): Promise<BackendAvailability> {
   } catch {
     return { ok: false, reason: '/dev/net/tun missing or not accessible' };
   }
+  // The whole launch in miniature, over an empty image: namespaces, id map, idmapped mount,
+  // overlay, proc/sys/dev, pivot_root and seccomp all work if it gets as far as the exec.
+  const dir = mkdtempSync(join(tmpdir(), 'actorvm-ns-probe-'));
   try {
-    await run(
-      UNSHARE,
-      [
-        '--user',
-        '--map-root-user',
-        '--pid',
-        '--fork',
-        '--mount',
-        '--net',
-        '--uts',
-        '--ipc',
-        '--cgroup',
-        'true',
-      ],
-      { timeout: 10_000 },
-    );
-  } catch (err) {
-    const e = err as { stderr?: string; message: string };
-    return { ok: false, reason: `cannot create namespaces: ${(e.stderr ?? '').trim() || e.message}` };
+    mkdirSync(join(dir, 'image'));
+    mkdirSync(join(dir, 'scratch'));
+    const ids = claimIdRange();
+    try {
+      const child = spawn(
+        launcher,
+        [
+          'launch',
+          '--rootfs',
+          join(dir, 'image'),
+          '--scratch',
+          join(dir, 'scratch'),
+          '--disk-mib',
+          '1',
+          '--id-base',
+          String(ids.base),
+          '--id-count',
+          String(ids.count),
+          '--status-fd',
+          '3',
+          '--parent-pid',
+          String(process.pid),
+          '--',
+          '/actorvm-probe',
+        ],
+        { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] },
+      );
+      let stderr = '';
+      child.stderr?.on('data', (d: Buffer) => {
+        stderr += d.toString();
+      });
+      await new Promise((resolve) => child.once('close', resolve));
+      if (!stderr.includes('exec /actorvm-probe')) {
+        return { ok: false, reason: `cannot build a sandbox: ${stderr.trim() || 'no output'}` };
+      }
+    } finally {
+      ids.release();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
   return { ok: true };
 }

@@ -5,53 +5,41 @@
  * kernel's at native speed; the price is a shared kernel (docs/backends.md
  * says exactly what is and is not isolated).
  *
- * Start-up, in one process tree:
+ * The sandbox is built by the agent binary's host-side launcher
+ * (`actorvm-agent launch`, guest/agent/launch.c: its opening comment is the
+ * theory of operation): one clone() into the new namespaces; guest ids
+ * 0..65535 mapped to a host range of the sandbox's own (id-ranges.ts), never
+ * host 0; the image mounted read-only through an idmapped mount as the lower
+ * layer of an overlay whose upper layer is a tmpfs of `diskMiB`; proc with
+ * its host-wide knobs read-only or masked, sysfs read-only, a /dev with only
+ * null, zero, full, random, urandom, tty, net/tun, pts and shm; pivot_root;
+ * no_new_privs and a seccomp filter; then the agent, with an empty
+ * environment plus the image's and the spec's.
  *
- *     setpriv --pdeathsig KILL            dies with the thread that started it
- *       unshare --user --pid --fork --kill-child=SIGKILL --mount --net --uts --ipc --cgroup
- *         <image>/bin/busybox sh -c SETUP  (becomes PID 1, then execs the agent)
- *
- * The user namespace maps ids 0–65535 to the same host ids (so the image's
- * root-owned files are root's inside, and a sandbox can still chown and
- * setuid among ordinary ids) — written by us from outside, because the
- * `--map-users` of util-linux 2.38 needs newuidmap. The setup script reports
- * its host pid and waits on a socket until the maps (and the cgroup, where
- * there is one) are in place; then it builds the root:
- *
- *   - a tmpfs (size `diskMiB`) holding an overlay's upper and work dirs, over
- *     the image's rootfs as the read-only lower: each sandbox writes to its
- *     own layer, the image is never modified, and the layer vanishes with the
- *     mount namespace;
- *   - proc (this pid namespace's), sysfs read-only, a tmpfs /dev with null,
- *     zero, full, random, urandom, tty and net/tun bind-mounted from the host,
- *     a devpts instance, /dev/shm;
- *   - pivot_root into it and detach the old root, so no host path is left.
- *
- * Then it execs the agent with an empty environment plus the image's and the
- * spec's: protocol on `--listen unix:/run/actorvm/agent.sock` (the host
- * reaches it through /proc/<pid>/root, and can reconnect), the TAP relay on
- * fd 4 (our end made with net.connect, see socket-pair.ts), readiness on
- * fd 3 (`--ready-fd`: an event, no polling).
+ * Channels, as inherited fds of the launcher (and so of the agent):
+ *   3  readiness: the agent writes "ready\n" once it serves (an event, no polling);
+ *   4  the TAP relay's frame stream (our end made with net.connect, socket-pair.ts);
+ *   5  the launcher's status: "pid N" once the sandbox's PID 1 exists (closed in the sandbox);
+ *   6  the lifeline: only we hold its other end; when it closes — however this
+ *      process ends, SIGKILL included — the agent ends the pid namespace.
+ * The agent protocol listens inside the sandbox on /run/actorvm/agent.sock;
+ * the host reaches it through /proc/<pid>/root, so it can reconnect.
  */
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { access, mkdir, symlink } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
+import { agentBinaryPath } from '../../../agent/local.js';
 import type { Logger } from '../../../runtime/logger.js';
 import { dialAgent } from './agent-dial.js';
 import { AgentSessions } from './agent-sessions.js';
-import {
-  addToCgroup,
-  type CgroupSupport,
-  createSandboxCgroup,
-  detectCgroupSupport,
-  removeCgroup,
-} from './cgroup.js';
+import { type CgroupSupport, createSandboxCgroup, detectCgroupSupport, removeCgroup } from './cgroup.js';
 import { ConsoleBuffer } from './console-buffer.js';
-import { tailForMessage, VmError, VmErrorCode, VmExitedError } from './errors.js';
-import { killQuietly, launchWithDeathSignal } from './launcher.js';
+import { BackendUnavailableError, tailForMessage, VmError, VmErrorCode, VmExitedError } from './errors.js';
+import { claimIdRange } from './id-ranges.js';
+import { killQuietly } from './launcher.js';
 import {
   checkSpec,
   DEFAULT_AGENT_TIMEOUT_MS,
@@ -60,11 +48,9 @@ import {
   type MachineSpec,
 } from './machine.js';
 import { watchMachineProcess } from './machine-process.js';
-import { clearRunDir, prepareRunDir } from './run-dir.js';
-import { connectedPair } from './socket-pair.js';
+import { clearRunDir, prepareRunDir, recordMachine } from './run-dir.js';
+import { connectedPair, type SocketPair } from './socket-pair.js';
 import { stopSequence } from './stop-sequence.js';
-
-export const UNSHARE = '/usr/bin/unshare';
 
 /** Where the agent listens, inside the sandbox. */
 export const NS_AGENT_SOCKET = '/run/actorvm/agent.sock';
@@ -72,6 +58,8 @@ export const NS_AGENT_SOCKET = '/run/actorvm/agent.sock';
 export interface NamespaceOptions {
   /** cgroup v2 limits: 'auto' (default) uses them where available, 'off' never. */
   cgroup?: 'auto' | 'off';
+  /** Let the sandbox create nested user namespaces (refused by its seccomp filter otherwise). */
+  nestedUserns?: boolean;
 }
 
 export interface NamespaceMachine extends Machine {
@@ -80,55 +68,9 @@ export interface NamespaceMachine extends Machine {
   readonly agentSocket: string;
   /** The sandbox's cgroup, when limits are in force. */
   readonly cgroup?: string;
+  /** The host ids guest ids 0..count-1 map to. */
+  readonly ids: { base: number; count: number; slot: number };
 }
-
-// Runs as PID 1 of the new namespaces, with the image's busybox; $1… are set by us.
-const SETUP = `set -eu
-LOWER=$1 SCRATCH=$2 ROOT=$3 SIZE=$4
-shift 4
-# Debian's static busybox runs its applets from this shell without an exec
-# (mkdir, touch, ln not even a fork): about 1 ms saved per command. PATH (the
-# image's applet links) is the fallback for a busybox built without that.
-# But this shell has no capabilities: it was exec'd before our uid map
-# existed. Applets busybox runs by exec (mount) gain them, being uid 0 by
-# then; pivot_root and umount run in a mere fork, so they get an explicit exec.
-PATH=$LOWER/bin:$LOWER/sbin
-# This /proc is still the host's: the first field is our host pid.
-read -r PID REST </proc/self/stat
-echo "pid $PID" >&5
-read -r GO <&5
-exec 5<&-
-[ "$GO" = go ]
-mount -t tmpfs -o "mode=0755,size=\${SIZE}m" actorvm-scratch "$SCRATCH"
-mkdir "$SCRATCH/upper" "$SCRATCH/work"
-mount -t overlay -o "lowerdir=$LOWER,upperdir=$SCRATCH/upper,workdir=$SCRATCH/work" actorvm-root "$ROOT"
-cd "$ROOT"
-mkdir -p proc sys dev run
-mount -t proc -o nosuid,nodev,noexec proc proc
-mount -t sysfs -o ro,nosuid,nodev,noexec sysfs sys
-mount -t tmpfs -o mode=0755,nosuid,size=1m dev dev
-for d in null zero full random urandom tty; do
-  touch "dev/$d"
-  mount -o bind "/dev/$d" "dev/$d"
-done
-mkdir dev/net dev/pts dev/shm
-touch dev/net/tun
-mount -o bind /dev/net/tun dev/net/tun
-mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts dev/pts
-mount -t tmpfs -o mode=1777,nosuid,nodev,size=64m shm dev/shm
-ln -s pts/ptmx dev/ptmx
-ln -s /proc/self/fd dev/fd
-ln -s /proc/self/fd/0 dev/stdin
-ln -s /proc/self/fd/1 dev/stdout
-ln -s /proc/self/fd/2 dev/stderr
-mkdir -p run/actorvm .actorvm-oldroot
-"$LOWER/bin/busybox" pivot_root . .actorvm-oldroot
-cd /
-PATH=/bin:/sbin
-/bin/busybox umount -l /.actorvm-oldroot
-rmdir /.actorvm-oldroot
-exec /bin/busybox env -i "$@"
-`;
 
 let cgroupSupport: Promise<CgroupSupport> | undefined;
 
@@ -187,6 +129,8 @@ function agentArgv(spec: MachineSpec): string[] {
     '3',
     '--tap-fd',
     '4',
+    '--lifeline-fd',
+    '6',
     '--tap-name',
     'eth0',
     '--tap-ip',
@@ -205,10 +149,10 @@ function agentArgv(spec: MachineSpec): string[] {
 }
 
 /**
- * Starts a namespace sandbox. Resolves once its init runs in the new
- * namespaces (host pid known, ids mapped) and `frames` is connected; the
- * agent's readiness is awaited by connectAgent(). Throws ERR_VM_SPEC or
- * ERR_VM_BOOT_FAILED (with the setup's stderr).
+ * Starts a namespace sandbox. Resolves once its PID 1 runs in the new
+ * namespaces (host pid known) and `frames` is connected; the agent's
+ * readiness is awaited by connectAgent(). Throws ERR_VM_SPEC,
+ * ERR_BACKEND_UNAVAILABLE or ERR_VM_BOOT_FAILED (with the launcher's stderr).
  */
 export async function startNamespaceMachine(
   spec: MachineSpec,
@@ -216,61 +160,70 @@ export async function startNamespaceMachine(
 ): Promise<NamespaceMachine> {
   checkSpec(spec);
   const log = spec.log;
+  if (process.getuid?.() !== 0) {
+    // Mapping a range of host ids and idmapping the image need host root (see launch.c).
+    throw new BackendUnavailableError('namespace', 'it needs root (host id ranges and idmapped mounts)');
+  }
   await prepareRunDir(spec.runDir);
-  const busybox = join(spec.image.rootfs, 'bin/busybox');
+  const agent = join(spec.image.rootfs, 'sbin/actorvm-agent');
   try {
-    await access(busybox, constants.X_OK);
+    await access(agent, constants.X_OK);
   } catch {
-    throw new VmError(VmErrorCode.BOOT_FAILED, `image ${spec.image.name} has no ${busybox}`, { id: spec.id });
+    throw new VmError(VmErrorCode.BOOT_FAILED, `image ${spec.image.name} has no ${agent}`, { id: spec.id });
   }
   const scratch = join(spec.runDir, 'scratch');
-  const root = join(spec.runDir, 'root');
   await mkdir(scratch, { mode: 0o700 });
-  await mkdir(root, { mode: 0o755 });
+  const ids = claimIdRange();
   const support: CgroupSupport = opts.cgroup === 'off' ? { ok: false, reason: 'off' } : await cgroups(log);
   let cgroupDir: string | undefined;
-  if (support.ok) {
-    cgroupDir = await createSandboxCgroup(support.parent, spec.id, spec);
-    log.info({ event: 'vm.cgroup_created', id: spec.id, cgroup: cgroupDir }, 'cgroup created');
+  let frames: SocketPair | undefined;
+  try {
+    if (support.ok) {
+      cgroupDir = await createSandboxCgroup(support.parent, spec.id, spec);
+      log.info({ event: 'vm.cgroup_created', id: spec.id, cgroup: cgroupDir }, 'cgroup created');
+    }
+    frames = await connectedPair(spec.runDir, 'frames', spec.framesOnRead);
+  } catch (err) {
+    ids.release();
+    if (cgroupDir) await removeCgroup(cgroupDir).catch(() => {});
+    await clearRunDir(spec.runDir);
+    throw err;
   }
-
-  const frames = await connectedPair(spec.runDir, 'frames', spec.framesOnRead);
   const consoleBuf = new ConsoleBuffer();
   const argv = [
-    UNSHARE,
-    '--user',
-    '--pid',
-    '--fork',
-    '--kill-child=SIGKILL',
-    '--mount',
-    '--net',
-    '--uts',
-    '--ipc',
-    '--cgroup',
-    '--propagation',
-    'private',
-    '--',
-    busybox,
-    'sh',
-    '-c',
-    SETUP,
-    'actorvm-setup',
+    'launch',
+    '--rootfs',
     spec.image.rootfs,
+    '--scratch',
     scratch,
-    root,
+    '--disk-mib',
     String(spec.diskMiB ?? 1024),
+    '--id-base',
+    String(ids.base),
+    '--id-count',
+    String(ids.count),
+    '--status-fd',
+    '5',
+    '--parent-pid',
+    String(process.pid),
+    ...(cgroupDir ? ['--cgroup', cgroupDir] : []),
+    ...(opts.nestedUserns ? ['--nested-userns'] : []),
+    '--',
     ...agentArgv(spec),
   ];
   const startedAt = performance.now();
   let child: ChildProcess;
   try {
-    child = launchWithDeathSignal(argv, {
-      stdio: ['ignore', 'pipe', 'pipe', 'pipe', frames.peer, 'pipe'],
+    // The launcher sets its own PR_SET_PDEATHSIG and checks that we are still its parent.
+    child = spawn(agentBinaryPath(), argv, {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe', frames.peer, 'pipe', 'pipe'],
       env: {},
+      detached: true,
     });
   } catch (err) {
     frames.host.destroy();
     frames.peer.destroy();
+    ids.release();
     if (cgroupDir) await removeCgroup(cgroupDir).catch(() => {});
     await clearRunDir(spec.runDir);
     throw new VmError(VmErrorCode.BOOT_FAILED, `cannot start the sandbox: ${(err as Error).message}`, {
@@ -280,9 +233,13 @@ export async function startNamespaceMachine(
   frames.peer.destroy();
   const proc = watchMachineProcess(child, consoleBuf);
   const exited = proc.exited;
-  const outerPid = child.pid ?? -1;
-  const sync = (child.stdio as unknown[])[5] as Socket;
-  const readyPipe = child.stdio[3] as Readable;
+  const launcherPid = child.pid ?? -1;
+  if (child.pid) ids.holdBy(child.pid);
+  const stdio = child.stdio as unknown[];
+  const status = stdio[5] as Socket;
+  // Never written, never read: its only job is to close when this process ends.
+  const lifeline = stdio[6] as Socket;
+  const readyPipe = stdio[3] as Readable;
   // The agent writes "ready\n" to fd 3 once it serves; the pipe may also just close (setup failed).
   let agentServing = false;
   const ready = new Promise<boolean>((resolve) => {
@@ -305,8 +262,9 @@ export async function startNamespaceMachine(
   const cleanup = async (): Promise<void> => {
     sessions.closeAll();
     framesSock.destroy();
-    sync.destroy();
+    status.destroy();
     readyPipe.destroy();
+    lifeline.destroy();
     if (cgroupDir) {
       await removeCgroup(cgroupDir).catch((err) =>
         log.warn(
@@ -316,12 +274,13 @@ export async function startNamespaceMachine(
       );
     }
     await clearRunDir(spec.runDir);
+    ids.release();
   };
 
-  // Handshake: the setup reports its host pid; we map its ids and place it in the cgroup; then it goes on.
+  // The launcher reports the host pid of the sandbox's PID 1 once it has handed it the image.
   let pid: number;
   try {
-    const line = await Promise.race([readLine(sync), exited.then(() => undefined)]);
+    const line = await Promise.race([readLine(status), exited.then(() => undefined)]);
     const m = line ? /^pid (\d+)$/.exec(line) : null;
     if (!m) {
       await new Promise((r) => setImmediate(r));
@@ -332,21 +291,10 @@ export async function startNamespaceMachine(
       );
     }
     pid = Number(m[1]);
-    // /proc/<unshare>/uid_map: unshare itself is in the new user namespace.
-    const uid = process.getuid?.() ?? 0;
-    if (uid === 0) {
-      await writeFile(`/proc/${outerPid}/uid_map`, '0 0 65536\n');
-      await writeFile(`/proc/${outerPid}/gid_map`, '0 0 65536\n');
-    } else {
-      // Without privileges only our own ids can be mapped (and setgroups must be denied first).
-      await writeFile(`/proc/${outerPid}/setgroups`, 'deny\n');
-      await writeFile(`/proc/${outerPid}/uid_map`, `0 ${uid} 1\n`);
-      await writeFile(`/proc/${outerPid}/gid_map`, `0 ${process.getgid?.() ?? 0} 1\n`);
-    }
-    if (cgroupDir) await addToCgroup(cgroupDir, [outerPid, pid]);
-    sync.write('go\n');
+    status.destroy();
+    await recordMachine(spec.runDir, [launcherPid, pid]);
   } catch (err) {
-    killQuietly(outerPid, 'SIGKILL');
+    killQuietly(launcherPid, 'SIGKILL');
     await exited;
     await cleanup();
     log.error(
@@ -370,6 +318,7 @@ export async function startNamespaceMachine(
       backend: 'namespace',
       pid,
       cgroup: cgroupDir,
+      ids: ids.base,
       ms: Math.round(performance.now() - startedAt),
     },
     `sandbox ${spec.id} started (namespaces)`,
@@ -392,8 +341,8 @@ export async function startNamespaceMachine(
       await proc.waitExit(graceMs);
     },
     kill() {
-      // unshare's --kill-child takes the namespace's init with it; kill both to be sure.
-      killQuietly(outerPid, 'SIGKILL');
+      // PID 1 has PR_SET_PDEATHSIG on the launcher; kill both to be sure.
+      killQuietly(launcherPid, 'SIGKILL');
       killQuietly(pid, 'SIGKILL');
     },
     cleanup,
@@ -406,6 +355,7 @@ export async function startNamespaceMachine(
     exited,
     agentSocket,
     cgroup: cgroupDir,
+    ids: { base: ids.base, count: ids.count, slot: ids.slot },
     consoleTail: (maxBytes) => consoleBuf.tail(maxBytes),
     async connectAgent(copts = {}) {
       const timeoutMs = copts.timeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS;

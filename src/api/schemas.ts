@@ -1,0 +1,212 @@
+/**
+ * One schema per call of the public API, checked at the boundary before
+ * anything is created or sent: a caller's mistake becomes a typed
+ * `SandboxError` with a stable code (errors.ts) and `details.issues`, never a
+ * crashed actor, a hung call or a half-made sandbox. The control socket and
+ * the daemon validate with the same schemas.
+ *
+ * Bounds come from what the guest or the host can take: ports 1..65535,
+ * memory up to the host's RAM, CPUs up to its cores, argv as Linux limits it
+ * (128 KiB per argument, MAX_ARG_STRLEN), environment names as shells know
+ * them.
+ */
+import os from 'node:os';
+import { Readable } from 'node:stream';
+import { z } from 'zod';
+import { NetworkOptionsSchema } from '../actors/net/config.js';
+import { signalNumber } from '../protocol/agent-signals.js';
+import { SandboxError, SandboxErrorCode } from './errors.js';
+
+const MiB = 1024 * 1024;
+/** Linux's MAX_ARG_STRLEN: the longest single argument or environment string. */
+export const MAX_ARG_BYTES = 128 * 1024;
+/** What one command line (argv plus environment) may weigh in total. */
+export const MAX_COMMAND_BYTES = 1024 * 1024;
+/** Default cap of what a buffered exec keeps per stream (the rest still reaches callbacks). */
+export const DEFAULT_MAX_OUTPUT_BYTES = 16 * MiB;
+const DAY_MS = 86_400_000;
+
+const noNul = (s: string): boolean => !s.includes('\0');
+const argString = z
+  .string()
+  .refine(noNul, 'must not contain NUL')
+  .refine((s) => Buffer.byteLength(s) <= MAX_ARG_BYTES, `longer than ${MAX_ARG_BYTES} bytes`);
+
+export const Backend = z.enum(['qemu', 'namespace', 'auto']);
+export const EnvName = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name');
+export const Env = z
+  .record(EnvName, argString)
+  .refine((e) => Object.keys(e).length <= 256, 'more than 256 variables');
+export const Hostname = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$/, 'not a hostname');
+export const Port = z.number().int().min(1).max(65535);
+/** A host port to listen on: 0 means any free one. */
+export const HostPort = z.number().int().min(0).max(65535);
+export const Proto = z.enum(['tcp', 'udp']);
+export const TimeoutMs = z.number().int().min(1).max(DAY_MS);
+export const GuestPath = z.string().min(1).max(4096).refine(noNul, 'must not contain NUL');
+export const FileMode = z.number().int().min(0).max(0o7777);
+
+/** Host capacity, read once: what memoryMiB and cpus may ask for. */
+const hostMiB = Math.floor(os.totalmem() / MiB);
+const hostCpus = os.availableParallelism();
+
+export const ForwardSchema = z
+  .object({ guestPort: Port, hostPort: HostPort.optional(), proto: Proto.optional() })
+  .strict();
+
+export const SandboxOptionsSchema = z
+  .object({
+    // A spec is validated by the image layer itself (ERR_IMAGE_SPEC).
+    image: z.union([z.string().min(1).max(256), z.object({ name: z.string() }).passthrough()]),
+    backend: Backend,
+    memoryMiB: z.number().int().min(64).max(hostMiB),
+    cpus: z.number().int().min(1).max(hostCpus),
+    env: Env,
+    hostname: Hostname,
+    network: z
+      .object({
+        ...NetworkOptionsSchema.shape,
+        forwards: z.array(z.union([Port, ForwardSchema])).max(64),
+      })
+      .partial()
+      .strict(),
+    bootTimeoutMs: TimeoutMs,
+  })
+  .partial()
+  .strict();
+
+export const RuntimeOptionsSchema = z
+  .object({
+    workers: z.number().int().min(1).max(256),
+    home: z.string().min(1).refine(noNul, 'must not contain NUL'),
+    log: z
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+        file: z.string().min(1),
+      })
+      .partial()
+      .strict(),
+    control: z.union([z.boolean(), z.string().min(1)]),
+    backend: Backend,
+  })
+  .partial()
+  .strict();
+
+export const Command = z.union([
+  argString.refine((s) => s.length > 0, 'empty command'),
+  z.array(argString).min(1, 'empty argv').max(32_768),
+]);
+
+export const SpawnOptionsSchema = z
+  .object({
+    env: Env,
+    cwd: GuestPath,
+    timeoutMs: TimeoutMs,
+    stdin: z.enum(['pipe', 'closed']),
+    login: z.boolean(),
+  })
+  .partial()
+  .strict();
+
+const isStream = (v: unknown): boolean => v instanceof Readable;
+export const ExecOptionsSchema = z
+  .object({
+    env: Env,
+    cwd: GuestPath,
+    timeoutMs: TimeoutMs,
+    login: z.boolean(),
+    stdin: z.union([z.string(), z.instanceof(Uint8Array), z.custom<Readable>(isStream, 'a Readable')]),
+    onStdout: z.custom<(s: string) => void>((f) => typeof f === 'function', 'a function'),
+    onStderr: z.custom<(s: string) => void>((f) => typeof f === 'function', 'a function'),
+    /** Bytes kept per stream in the result (default 16 MiB); callbacks still get everything. */
+    maxOutputBytes: z
+      .number()
+      .int()
+      .min(0)
+      .max(1024 * MiB),
+  })
+  .partial()
+  .strict();
+
+export const ExposeOptionsSchema = z.object({ hostPort: HostPort, proto: Proto }).partial().strict();
+export const WriteOptionsSchema = z
+  .object({ mode: FileMode, size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) })
+  .partial()
+  .strict();
+export const MkdirOptionsSchema = z.object({ mode: FileMode }).partial().strict();
+export const LogBytes = z
+  .number()
+  .int()
+  .min(1)
+  .max(16 * MiB);
+
+function issuesOf(error: z.ZodError): { path: string[]; message: string }[] {
+  return error.issues.map((i) => ({ path: i.path.map(String), message: i.message }));
+}
+
+/**
+ * Parses `value` with `schema` or throws a SandboxError with `code`; `what`
+ * names the argument in the message ("options", "command", …).
+ */
+export function check<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  code: string,
+  what: string,
+): z.infer<S> {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const issues = issuesOf(r.error);
+  const text = issues.map((i) => `${[what, ...i.path].join('.')}: ${i.message}`).join('; ');
+  throw new SandboxError(code, `invalid ${what}: ${text}`, { issues });
+}
+
+export const checkOptions = <S extends z.ZodType>(schema: S, value: unknown, what = 'options'): z.infer<S> =>
+  check(schema, value ?? {}, SandboxErrorCode.BAD_OPTIONS, what);
+
+/** A command's argv (and env) within what a guest's execve takes. */
+export function checkCommand(cmd: unknown, env?: Record<string, string>): string | string[] {
+  const c = check(Command, cmd, SandboxErrorCode.BAD_COMMAND, 'command') as string | string[];
+  const words = typeof c === 'string' ? [c] : c;
+  let total = 0;
+  for (const w of words) total += Buffer.byteLength(w) + 1;
+  for (const [k, v] of Object.entries(env ?? {})) total += Buffer.byteLength(k) + Buffer.byteLength(v) + 2;
+  if (total > MAX_COMMAND_BYTES) {
+    throw new SandboxError(
+      SandboxErrorCode.BAD_COMMAND,
+      `command line of ${total} bytes (argv and env) exceeds ${MAX_COMMAND_BYTES}`,
+      { bytes: total },
+    );
+  }
+  return c;
+}
+
+/** A Linux signal number from a name ('SIGTERM', 'TERM') or a number (1..64). */
+export function checkSignal(sig: unknown): number {
+  const n = typeof sig === 'string' || typeof sig === 'number' ? signalNumber(sig) : undefined;
+  if (n === undefined) {
+    throw new SandboxError(SandboxErrorCode.BAD_SIGNAL, `unknown signal ${JSON.stringify(sig)}`, {
+      signal: String(sig),
+    });
+  }
+  return n;
+}
+
+export function checkPort(port: unknown, what: string, allowAny = false): number {
+  return check(allowAny ? HostPort : Port, port, SandboxErrorCode.BAD_PORT, what) as number;
+}
+
+export function checkPath(path: unknown): string {
+  return check(GuestPath, path, SandboxErrorCode.BAD_PATH, 'path') as string;
+}
+
+/** Marks a promise handled (a caller that ignores it sees no unhandled rejection) and returns it. */
+export function handled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
+}
+
+/** A promise rejected with `err`, already marked handled. */
+export function rejected<T = never>(err: unknown): Promise<T> {
+  return handled(Promise.reject(err));
+}
