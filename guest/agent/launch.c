@@ -79,7 +79,7 @@ struct launch {
 	uint32_t disk_mib, id_base, id_count;
 	int status_fd;
 	pid_t parent;
-	bool seccomp, nested_userns;
+	bool nested_userns;
 	int sync[2];
 	char *envp[MAX_ENV + 1];
 	char **argv;
@@ -98,7 +98,7 @@ static void usage(void)
 {
 	static const char text[] =
 		"usage: actorvm-agent launch --rootfs DIR --scratch DIR --disk-mib N --id-base N --id-count N\n"
-		"         --status-fd N --parent-pid N [--cgroup DIR] [--no-seccomp] [--nested-userns]\n"
+		"         --status-fd N --parent-pid N [--cgroup DIR] [--nested-userns]\n"
 		"         -- [KEY=VALUE...] PROGRAM [ARG...]\n";
 	(void)!write(2, text, sizeof(text) - 1);
 	_exit(2);
@@ -116,13 +116,8 @@ static void parse(int argc, char **argv, struct launch *l)
 {
 	int i = 1;
 	l->status_fd = -1;
-	l->seccomp = true;
 	for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
 		const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (strcmp(o, "--no-seccomp") == 0) {
-			l->seccomp = false;
-			continue;
-		}
 		if (strcmp(o, "--nested-userns") == 0) {
 			l->nested_userns = true;
 			continue;
@@ -333,10 +328,8 @@ static int child_main(void *arg)
 		die("detach the host root", NULL);
 	rmdir("/.actorvm-oldroot");
 
-	if (l->seccomp && seccomp_install(l->nested_userns) < 0)
-		die("seccomp", NULL);
-	else if (!l->seccomp && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-		die("no_new_privs", NULL);
+	if (seccomp_install(l->nested_userns) < 0)
+		die("no_new_privs and seccomp", NULL);
 	execve(l->argv[0], l->argv, l->envp);
 	die("exec", l->argv[0]);
 	return 111;

@@ -145,12 +145,11 @@ export class Runtime implements SandboxHost {
   async createSandbox(opts: SandboxOptions = {}): Promise<Sandbox> {
     opts = checkOptions(SandboxOptionsSchema, opts);
     if (this.stopping) throw new SandboxError(SandboxErrorCode.STOPPED, 'the runtime is stopping');
-    const { forwards: forwardOpts = [], ...netOptions } = opts.network ?? {};
+    const { forwards = [], ...netOptions } = opts.network ?? {};
     const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
     const image = await this.images.ensure(opts.image ?? 'base');
     const backend = await this.chooseBackend(opts.backend ?? this.defaultBackend);
     const id = this.nextSandbox++;
-    const forwards = forwardOpts;
     const runDir = join(this.home, 'run', 'vms', `${process.pid}-${id}`);
     const args: VmArgs = {
       sandbox: id,

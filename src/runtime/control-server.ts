@@ -173,6 +173,8 @@ export class ControlServer {
         });
         socket.end();
         socket.once('finish', () => socket.destroy());
+        // A client that does not read even the error reply is not waited for.
+        setTimeout(() => socket.destroy(), 1000).unref();
         this.log.warn({ event: 'control.too_large' }, 'oversized control request: connection closed');
         return;
       }
@@ -232,13 +234,7 @@ export class ControlServer {
     try {
       const result = await method.handle(params.data, {
         send: (event) => write(socket, { id: req.id, event }),
-        drained: () =>
-          socket.writableNeedDrain && !socket.destroyed
-            ? new Promise<void>((resolve) => {
-                socket.once('drain', resolve);
-                socket.once('close', resolve);
-              })
-            : Promise.resolve(),
+        drained: () => drained(socket),
         signal,
       });
       write(socket, { id: req.id, ok: true, result: result ?? null });
@@ -247,6 +243,20 @@ export class ControlServer {
       write(socket, { id: req.id, ok: false, error: toErrorBody(err) });
     }
   }
+}
+
+/** Resolves when the socket's buffered writes have gone out (or it closed), leaving no listener behind. */
+function drained(socket: net.Socket): Promise<void> {
+  if (!socket.writableNeedDrain || socket.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
 }
 
 /** Writes one reply; false when the client is behind (and its requests are then not read until it catches up). */

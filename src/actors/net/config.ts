@@ -4,7 +4,7 @@
  * guest side and the shards once per sandbox (control plane).
  */
 import { z } from 'zod';
-import { type Cidr, mustParseIp, parseCidr, parseIp } from '../../protocol/net/addr.js';
+import { type Cidr, mustParseIp, parseCidr, parseIp, parseIpPort } from '../../protocol/net/addr.js';
 import { describeIssues, NetError, NetErrorCode } from './errors.js';
 
 /** An egress rule: a CIDR and optional port ranges (all ports when empty). */
@@ -88,12 +88,7 @@ export const NetworkOptionsSchema = z
     dnsIp: ipv4,
     prefix: z.number().int().min(8).max(30),
     mtu: z.number().int().min(576).max(65520),
-    dnsUpstream: z
-      .string()
-      .refine(
-        (s) => /^\d{1,3}(\.\d{1,3}){3}(:\d{1,5})?$/.test(s) && parseHostPortText(s),
-        'not "a.b.c.d[:port]"',
-      ),
+    dnsUpstream: z.string().refine((s) => parseIpPort(s, 53) !== undefined, 'not "a.b.c.d[:port]"'),
     hostname: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$/, 'not a hostname'),
     allowOut: z.array(z.string().max(256)).max(1024),
     denyOut: z.array(z.string().max(256)).max(1024),
@@ -112,12 +107,6 @@ export const NetworkOptionsSchema = z
   })
   .partial()
   .strict();
-
-function parseHostPortText(s: string): boolean {
-  const [host, port] = s.split(':');
-  const n = port === undefined ? 53 : Number(port);
-  return parseIp(host) !== undefined && Number.isInteger(n) && n >= 1 && n <= 65535;
-}
 
 export function parseEgressRule(text: string): EgressRule {
   if (typeof text !== 'string') {

@@ -255,10 +255,6 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         this.refuse(sb, 'icmp', ip.dst, 0, verdict.reason);
         return;
       }
-      if (verdict.hostPort !== undefined) {
-        this.refuse(sb, 'icmp', ip.dst, 0, 'dns_port');
-        return;
-      }
       this.icmp.echo(
         sb,
         ip.dst,

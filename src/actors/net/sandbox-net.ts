@@ -5,7 +5,7 @@
  * drains, so a slow guest cannot make the shard buffer without bound).
  */
 
-import { parseIp, parseMac } from '../../protocol/net/addr.js';
+import { parseIpPort, parseMac } from '../../protocol/net/addr.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { NetConfig } from './config.js';
 import { systemResolver } from './dns-proxy.js';
@@ -42,7 +42,8 @@ export class SandboxNet {
     now: number,
   ) {
     this.gatewayMac = parseMac(config.gatewayMac);
-    this.dnsUpstream = parseHostPort(config.dnsUpstream ?? systemResolver());
+    const upstream = config.dnsUpstream ?? systemResolver();
+    this.dnsUpstream = upstream ? parseIpPort(upstream, 53) : undefined;
     const p = config.policy;
     this.maxFlows = Math.max(1, Math.ceil(p.maxFlows / shardCount));
     this.limiter = new RateLimiter(
@@ -75,14 +76,4 @@ export class SandboxNet {
   forget(w: GuestPathWaiter): void {
     this.waiting.delete(w);
   }
-}
-
-/** "a.b.c.d:port" (port default 53) as numbers; undefined when absent or malformed. */
-export function parseHostPort(text: string | undefined): { ip: number; port: number } | undefined {
-  if (!text) return undefined;
-  const [host, portText] = text.split(':');
-  const ip = parseIp(host);
-  const port = portText === undefined ? 53 : Number(portText);
-  if (ip === undefined || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  return { ip, port };
 }

@@ -166,9 +166,8 @@ export class GuestOps {
 
   /** Ends operation `id` with `err` (it could not start: a request the agent client refused). */
   fail(id: number, err: unknown): void {
-    if (!this.ops.has(id))
-      this.ops.set(id, { unacked: 0, sources: [], paused: false, owedCredit: 0, drainArmed: false });
-    this.finish(id, errorJson(err));
+    if (this.ops.has(id)) this.finish(id, errorJson(err));
+    else this.sink.tell({ type: 'done', id, result: errorJson(err) });
   }
 
   /** The VM is going away: every operation ends with this error. */

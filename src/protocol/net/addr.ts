@@ -13,6 +13,15 @@ export function parseIp(s: string): number | undefined {
   return ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
 }
 
+/** "a.b.c.d[:port]" as numbers (port `defaultPort` when absent); undefined when malformed. */
+export function parseIpPort(text: string, defaultPort: number): { ip: number; port: number } | undefined {
+  const [host, portText, extra] = text.split(':');
+  const ip = parseIp(host);
+  const port = portText === undefined ? defaultPort : /^\d{1,5}$/.test(portText) ? Number(portText) : 0;
+  if (ip === undefined || extra !== undefined || port < 1 || port > 65535) return undefined;
+  return { ip, port };
+}
+
 export function mustParseIp(s: string): number {
   const ip = parseIp(s);
   if (ip === undefined) throw new TypeError(`not an IPv4 address: '${s}'`);

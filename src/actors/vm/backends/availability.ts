@@ -93,7 +93,7 @@ async function checkNamespace(): Promise<BackendAvailability> {
           '--',
           '/actorvm-probe',
         ],
-        { stdio: ['ignore', 'ignore', 'pipe', 'pipe'] },
+        { stdio: ['ignore', 'ignore', 'pipe', 'pipe'], timeout: 10_000 },
       );
       let stderr = '';
       child.stderr?.on('data', (d: Buffer) => {

@@ -145,11 +145,6 @@ export async function createSandboxCgroup(
   return dir;
 }
 
-/** Moves processes into the cgroup (their future children follow). */
-export async function addToCgroup(dir: string, pids: number[]): Promise<void> {
-  for (const pid of pids) await writeFile(join(dir, 'cgroup.procs'), String(pid));
-}
-
 /** Removes the cgroup once its processes are gone (the kernel may lag the exit by a moment). */
 export async function removeCgroup(dir: string): Promise<void> {
   for (let i = 0; i < 20; i++) {
