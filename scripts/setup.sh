@@ -12,10 +12,10 @@ set -eu
 cd "$(dirname "$0")/.."
 
 # Everything the runtime, its tests and benches run for real. Kept in one list so
-# CI, the demo and a developer machine agree.
+# CI, the demo and a developer machine agree. (bsdutils: `script`, which drives the PTY tests.)
 PACKAGES="build-essential musl-tools clang libclang-rt-14-dev busybox-static
 linux-image-cloud-amd64 qemu-system-x86 qemu-utils iproute2 iperf3 slirp4netns
-passt dnsmasq-base cpio kmod util-linux procps"
+passt dnsmasq-base cpio kmod util-linux procps bsdutils"
 
 missing=""
 for p in $PACKAGES; do

@@ -9,6 +9,23 @@ export { AgentClient } from './agent/client.js';
 export { SandboxError } from './api/errors.js';
 export type { ProcessResult } from './api/process.js';
 export { SandboxProcess } from './api/process.js';
+// The same API over a daemon (Runtime.connect)
+export type {
+  ConnectOptions,
+  RemoteExecOptions,
+  RemoteSandboxOptions,
+  RemoteSpawnOptions,
+  RemoteWatchEvent,
+} from './api/remote/index.js';
+export {
+  RemoteError,
+  RemoteErrorCode,
+  RemoteFiles,
+  RemoteProcess,
+  RemoteRuntime,
+  RemoteSandbox,
+  RemoteWatcher,
+} from './api/remote/index.js';
 export type { BackendChoice, ForwardOption, RuntimeOptions, SandboxOptions } from './api/runtime.js';
 // Sandboxes: the main API
 export { Runtime } from './api/runtime.js';
@@ -20,6 +37,8 @@ export type {
   SpawnOptions as SandboxSpawnOptions,
 } from './api/sandbox.js';
 export { Sandbox, SandboxFiles } from './api/sandbox.js';
+export { DaemonError, DaemonErrorCode } from './daemon/errors.js';
+export { Daemon, type DaemonOptions } from './daemon/server.js';
 export { ActorvmError, hasCode } from './errors.js';
 export type { BuiltImage } from './images/layout.js';
 export type { ImageFileSpec, ImageSpec } from './images/spec.js';
@@ -62,8 +81,6 @@ export { ActorRef } from './runtime/actor-ref.js';
 export type { ActorSystemOptions, Escalation, SpawnOptions } from './runtime/actor-system.js';
 // Actor runtime
 export { ActorSystem } from './runtime/actor-system.js';
-export { ControlClient, ControlError } from './runtime/control-client.js';
-export { ControlServer } from './runtime/control-server.js';
 export {
   ActorCrashedError,
   AskTimeoutError,

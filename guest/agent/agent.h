@@ -27,7 +27,7 @@
 #define MAX_QUEUED 4096u
 
 enum ev_kind { EV_LISTEN = 1, EV_CONN, EV_PIPE, EV_SIGNAL, EV_TIMER, EV_TAP, EV_TAP_PEER, EV_TAP_LISTEN,
-	      EV_LIFELINE };
+	      EV_LIFELINE, EV_WATCH };
 
 /* First member of everything registered with epoll; epoll_data.ptr points here.
  * Objects are freed only at the end of a loop iteration (the graveyard), so an
@@ -58,6 +58,7 @@ struct run_state {
 	pid_t pid;
 	int status;
 	bool exited, timed_out, cancelled;
+	bool pty;       /* out is the terminal's master, in a duplicate of it, err unused */
 	struct pipe_ev out, err, in;
 	struct buf in_pending;
 	bool in_end;    /* host sent END on stdin */
@@ -77,6 +78,24 @@ struct put_state {
 struct get_state {
 	int fd;
 	uint64_t remaining;
+};
+
+struct wdir; /* op_watch.c */
+
+struct watch_state {
+	struct pipe_ev ino; /* the inotify descriptor (kind EV_WATCH) */
+	char *root;         /* the path as given, without trailing '/': prefix of every watched path */
+	size_t rootlen;
+	struct wdir *dirs;  /* watched directories, sorted by wd */
+	unsigned ndirs, cap;
+	int root_wd;
+	bool recursive;
+	bool arming, limit_hit; /* while arming, a part that cannot be watched fails the request */
+	bool dropping;          /* events are being dropped; an OVERFLOW record is queued */
+	bool ending;            /* the root is gone: send the queue, then RESULT */
+	uint8_t end_reason;
+	struct buf q;           /* records for the host, at most AVM_WATCH_QUEUE bytes */
+	size_t last;            /* offset in q of the newest record, or SIZE_MAX */
 };
 
 enum stream_state { ST_QUEUED = 1, ST_ACTIVE, ST_DONE };
@@ -99,6 +118,7 @@ struct stream {
 		struct run_state run;
 		struct put_state put;
 		struct get_state get;
+		struct watch_state watch;
 	} u;
 };
 
@@ -127,6 +147,7 @@ struct agent {
 	struct stream *active;
 	struct stream *q_head, *q_tail;
 	unsigned nactive, nlisteners, nvports;
+	unsigned nwatches; /* watch streams holding an inotify descriptor */
 	struct stream *grave_streams;
 	struct conn *grave_conns;
 	uint64_t boot_us[8];
@@ -190,6 +211,7 @@ int run_start(struct stream *s);
 void run_on_pipe(struct pipe_ev *pe, uint32_t events);
 void run_on_data(struct stream *s, const struct avm_frame *f);
 void run_on_signal(struct stream *s, int sig);
+int run_resize(struct stream *s, uint16_t cols, uint16_t rows);
 void run_cancel(struct stream *s);
 void run_abort(struct stream *s);
 void run_on_exit(struct stream *s, int status);
@@ -210,6 +232,15 @@ void get_abort(struct stream *s);
 void op_stat(struct conn *c, const struct avm_frame *f);
 void op_list(struct conn *c, const struct avm_frame *f);
 void op_mkdir(struct conn *c, const struct avm_frame *f);
+void op_remove(struct conn *c, const struct avm_frame *f);
+void op_rename(struct conn *c, const struct avm_frame *f);
+
+/* op_watch.c */
+int watch_start(struct stream *s);
+void watch_on_event(struct pipe_ev *pe, uint32_t events);
+bool watch_pump(struct stream *s);
+void watch_end(struct stream *s, uint8_t reason);
+void watch_abort(struct stream *s);
 
 /* netcfg.c */
 int net_apply(const struct net_settings *ns, char *err, size_t errlen);

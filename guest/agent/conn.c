@@ -2,7 +2,8 @@
  * Connections and streams: reading and splitting frames, routing them to
  * streams, building reply frames in the output buffer, flushing, and the
  * global concurrency slots (at most AVM_MAX_CONCURRENT run/put/get executing,
- * the rest wait in one FIFO across connections).
+ * the rest wait in one FIFO across connections). Watches are active streams
+ * too, but take no slot (op_watch.c bounds them).
  */
 #include "agent.h"
 
@@ -90,7 +91,8 @@ static void send_hello(struct conn *c)
 {
 	static const char *const caps[] = {"run",      "shell",    "login_shell", "stdin", "signal", "cancel",
 					   "timeout",  "put_file", "get_file",    "stat",  "list",   "mkdir",
-					   "ping",     "shutdown", "net_config"};
+					   "ping",     "shutdown", "net_config",  "pty",   "remove", "rename",
+					   "watch"};
 	size_t at = frame_begin(c);
 	struct buf *b = &c->out;
 	tlv_u32(b, HELLO_VERSION, AVM_PROTO_VERSION);
@@ -175,6 +177,9 @@ static void stream_abort_op(struct stream *s)
 		break;
 	case T_GET_FILE:
 		get_abort(s);
+		break;
+	case T_WATCH:
+		watch_abort(s);
 		break;
 	}
 }
@@ -285,7 +290,8 @@ void stream_finish(struct stream *s)
 			A.active = s->anext;
 		if (s->anext)
 			s->anext->aprev = s->aprev;
-		A.nactive--;
+		if (s->op != T_WATCH)
+			A.nactive--;
 	}
 	stream_unhash(s);
 	free(s->req);
@@ -315,6 +321,16 @@ void stream_consumed(struct stream *s, uint32_t n)
 	}
 }
 
+static void activate(struct stream *s)
+{
+	s->state = ST_ACTIVE;
+	s->aprev = NULL;
+	s->anext = A.active;
+	if (A.active)
+		A.active->aprev = s;
+	A.active = s;
+}
+
 void slots_fill(void)
 {
 	static bool filling;
@@ -327,12 +343,7 @@ void slots_fill(void)
 		if (!A.q_head)
 			A.q_tail = NULL;
 		s->c->nqueued--;
-		s->state = ST_ACTIVE;
-		s->aprev = NULL;
-		s->anext = A.active;
-		if (A.active)
-			A.active->aprev = s;
-		A.active = s;
+		activate(s);
 		A.nactive++;
 		conn_update_interest(s->c);
 		switch (s->op) {
@@ -354,13 +365,17 @@ void slots_fill(void)
 	filling = false;
 }
 
-/* Runs get_file pumps: one chunk per stream per call, round robin. */
+/* Runs get_file and watch pumps: one chunk per stream per call, round robin. */
 bool pump_all(void)
 {
 	bool progress = false;
 	for (struct stream *s = A.active, *next; s; s = next) {
 		next = s->anext;
-		if (s->op == T_GET_FILE && s->state == ST_ACTIVE && get_pump(s))
+		if (s->state != ST_ACTIVE)
+			continue;
+		if (s->op == T_GET_FILE && get_pump(s))
+			progress = true;
+		else if (s->op == T_WATCH && watch_pump(s))
 			progress = true;
 	}
 	return progress;
@@ -396,11 +411,21 @@ static void open_stream(struct conn *c, const struct avm_frame *f)
 	s->req = req;
 	s->req_len = f->len;
 	s->out_credit[CH_OUT] = s->out_credit[CH_ERR] = AVM_WINDOW;
-	s->state = ST_QUEUED;
 	unsigned b = bucket(s->id);
 	s->hnext = c->tab[b];
 	c->tab[b] = s;
 	c->nstreams++;
+	if (s->op == T_WATCH) {
+		/* No slot, no queue: it starts now (or fails now). */
+		activate(s);
+		watch_start(s);
+		if (s->state != ST_DONE) {
+			free(s->req);
+			s->req = NULL;
+		}
+		return;
+	}
+	s->state = ST_QUEUED;
 	c->nqueued++;
 	if (A.q_tail)
 		A.q_tail->qnext = s;
@@ -470,6 +495,21 @@ static void on_signal(struct conn *c, const struct avm_frame *f)
 		run_on_signal(s, (int)sig);
 }
 
+static void on_resize(struct conn *c, const struct avm_frame *f)
+{
+	struct stream *s = stream_find(c, f->stream);
+	if (!s)
+		return;
+	uint16_t cols = f->len == 4 ? avm_be16(f->payload) : 0, rows = f->len == 4 ? avm_be16(f->payload + 2) : 0;
+	if (s->op != T_RUN || cols == 0 || rows == 0) {
+		stream_fail(s, "BAD_REQUEST", 0, "bad RESIZE frame");
+		return;
+	}
+	/* Before the command started there is no terminal yet: ignored, as SIGNAL is. */
+	if (s->state == ST_ACTIVE && run_resize(s, cols, rows) < 0)
+		stream_fail(s, "BAD_REQUEST", 0, "RESIZE on a command without a pty");
+}
+
 static void on_cancel(struct conn *c, const struct avm_frame *f)
 {
 	struct stream *s = stream_find(c, f->stream);
@@ -477,6 +517,10 @@ static void on_cancel(struct conn *c, const struct avm_frame *f)
 		return;
 	if (s->op == T_RUN && s->state == ST_ACTIVE) {
 		run_cancel(s);
+		return;
+	}
+	if (s->op == T_WATCH && s->state == ST_ACTIVE) {
+		watch_end(s, WATCH_END_CLOSED); /* closing is how a watch ends normally */
 		return;
 	}
 	stream_fail(s, "CANCELLED", 0, "cancelled by the host");
@@ -524,12 +568,15 @@ static void handle_frame(struct conn *c, const struct avm_frame *f)
 	case T_RUN:
 	case T_PUT_FILE:
 	case T_GET_FILE:
+	case T_WATCH:
 		if (open_check(c, f))
 			open_stream(c, f);
 		return;
 	case T_STAT:
 	case T_LIST:
 	case T_MKDIR:
+	case T_REMOVE:
+	case T_RENAME:
 	case T_PING:
 	case T_SHUTDOWN:
 	case T_NET_CONFIG:
@@ -541,6 +588,10 @@ static void handle_frame(struct conn *c, const struct avm_frame *f)
 			op_list(c, f);
 		else if (f->type == T_MKDIR)
 			op_mkdir(c, f);
+		else if (f->type == T_REMOVE)
+			op_remove(c, f);
+		else if (f->type == T_RENAME)
+			op_rename(c, f);
 		else if (f->type == T_PING)
 			on_ping(c, f);
 		else if (f->type == T_SHUTDOWN)
@@ -562,6 +613,9 @@ static void handle_frame(struct conn *c, const struct avm_frame *f)
 		return;
 	case T_CANCEL:
 		on_cancel(c, f);
+		return;
+	case T_RESIZE:
+		on_resize(c, f);
 		return;
 	default: {
 		char msg[64];

@@ -39,7 +39,10 @@ void init_mounts(void)
 	mount_one("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mount_one("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mount_one("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
-	/* devtmpfs does not provide these; shells and tools expect them. */
+	/* devtmpfs does not provide these; shells and tools expect them. A
+	 * devtmpfs /dev/ptmx node already opens the devpts instance mounted at
+	 * /dev/pts; without one, the instance's own ptmx is linked in. */
+	symlink("pts/ptmx", "/dev/ptmx");
 	symlink("/proc/self/fd", "/dev/fd");
 	symlink("/proc/self/fd/0", "/dev/stdin");
 	symlink("/proc/self/fd/1", "/dev/stdout");

@@ -8,9 +8,10 @@
  * One thread, one epoll loop. Everything the agent waits on is a file
  * descriptor registered with epoll, whose data pointer leads to a small object
  * beginning with `struct ev` (its kind): listening sockets, connections, the
- * three pipes of every running command, one signalfd, one timerfd, and the
- * TAP relay's two fds. There are no threads, so there are no locks and no
- * ordering surprises: each frame is handled to completion before the next.
+ * three pipes (or the terminal) of every running command, the inotify fd of
+ * every watch, one signalfd, one timerfd, and the TAP relay's two fds. There
+ * are no threads, so there are no locks and no ordering surprises: each frame
+ * is handled to completion before the next.
  *
  * Connections (conn.c). Each host connection has an input buffer (frames are
  * split by proto.c, the same code the fuzzer runs) and an output buffer that
@@ -24,8 +25,10 @@
  *
  * Streams and slots. run, put_file and get_file hold resources, so at most 64
  * of them execute at once across all connections; more wait in one FIFO (they
- * are not refused). Quick requests (stat, list, mkdir, ping, net_config,
- * shutdown) are answered inline and never wait behind slow ones.
+ * are not refused). Quick requests (stat, list, mkdir, remove, rename, ping,
+ * net_config, shutdown) are answered inline and never wait behind slow ones.
+ * Watches (op_watch.c) are long-lived, so they take no slot: they start at
+ * once, at most 32 of them.
  *
  * Credits (flow control). Every stream channel has a window, like HTTP/2: a
  * sender may have at most `window` unacknowledged DATA bytes outstanding, and
@@ -33,10 +36,11 @@
  * command's stdout pipe is only read while that channel has credit and the
  * connection's output buffer is below OUT_HIGH; otherwise the pipe is taken
  * out of epoll and the command blocks in write(), so a slow host reader bounds
- * agent memory instead of growing it. get_file reads are pumped under the same
- * two conditions. Host->agent: put_file and stdin data start with zero credit;
- * the agent grants a window when the stream starts and more as bytes reach the
- * file or the pipe. A queued request therefore costs only its request frame.
+ * agent memory instead of growing it. get_file reads and watch events are
+ * pumped under the same two conditions. Host->agent: put_file and stdin data
+ * start with zero credit; the agent grants a window when the stream starts
+ * and more as bytes reach the file or the pipe. A queued request therefore
+ * costs only its request frame.
  *
  * Reaper (reaper.c). SIGCHLD arrives through the signalfd; the agent reaps
  * every ended child with waitpid(-1) and routes statuses of the pids it
@@ -662,6 +666,9 @@ int main(int argc, char **argv)
 				break;
 			case EV_PIPE:
 				run_on_pipe((struct pipe_ev *)e, evs[i].events);
+				break;
+			case EV_WATCH:
+				watch_on_event((struct pipe_ev *)e, evs[i].events);
 				break;
 			case EV_SIGNAL:
 				on_signals();

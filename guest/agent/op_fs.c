@@ -1,5 +1,12 @@
 /*
- * stat, list and mkdir: quick requests answered inline, without a slot.
+ * stat, list, mkdir, remove and rename: quick requests answered inline,
+ * without a slot.
+ *
+ * A recursive remove walks the tree with directory descriptors (openat,
+ * unlinkat), never by path and never through a symlink: a link is removed,
+ * not followed, and a directory swapped for a link mid-walk is not entered
+ * (O_NOFOLLOW). The walk is bounded at AVM_MAX_DEPTH levels, so a hostile
+ * tree cannot exhaust the agent's descriptors or stack.
  */
 #include "agent.h"
 
@@ -7,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -157,6 +165,89 @@ void op_mkdir(struct conn *c, const struct avm_frame *f)
 	/* The umask applied to mkdir; an explicit mode is applied exactly. */
 	if (r.has_mode && chmod(r.path, mode) < 0) {
 		send_errno(c, f->stream, errno, "chmod", r.path);
+		return;
+	}
+	send_frame(c, f->stream, T_RESULT, 0, 0, NULL, 0);
+}
+
+/* Removes `name` in `dfd` and, when it is a directory, everything in it.
+ * Returns 0, or -1 with errno (the first failure; the walk stops there). */
+static int remove_tree(int dfd, const char *name, unsigned depth)
+{
+	if (unlinkat(dfd, name, 0) == 0)
+		return 0;
+	if (errno != EISDIR) /* Linux's unlink answer for a directory */
+		return -1;
+	if (depth >= AVM_MAX_DEPTH) {
+		errno = ELOOP;
+		return -1;
+	}
+	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		errno = e;
+		return -1;
+	}
+	int rc = 0;
+	/* Entries removed while reading may make readdir skip others: read again
+	 * until a pass finds nothing left (bounded; rmdir reports what remains). */
+	for (int pass = 0, removed = 1; removed && rc == 0 && pass < 8; pass++) {
+		struct dirent *de;
+		removed = 0;
+		rewinddir(d);
+		while (rc == 0 && (de = readdir(d))) {
+			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+				continue;
+			if (remove_tree(fd, de->d_name, depth + 1) == 0)
+				removed = 1;
+			else if (errno != ENOENT)
+				rc = -1;
+		}
+	}
+	int e = errno;
+	closedir(d);
+	errno = e;
+	if (rc == 0 && unlinkat(dfd, name, AT_REMOVEDIR) < 0)
+		rc = -1;
+	return rc;
+}
+
+/* unlink, rmdir, or (recursive) the whole tree; a missing path is ENOENT. */
+void op_remove(struct conn *c, const struct avm_frame *f)
+{
+	struct path_req r;
+	if (!decode(c, f, &r))
+		return;
+	int rc;
+	if (r.recursive) {
+		rc = remove_tree(AT_FDCWD, r.path, 0);
+	} else {
+		rc = unlinkat(AT_FDCWD, r.path, 0);
+		if (rc < 0 && errno == EISDIR)
+			rc = unlinkat(AT_FDCWD, r.path, AT_REMOVEDIR);
+	}
+	if (rc < 0) {
+		send_errno(c, f->stream, errno, "remove", r.path);
+		return;
+	}
+	send_frame(c, f->stream, T_RESULT, 0, 0, NULL, 0);
+}
+
+void op_rename(struct conn *c, const struct avm_frame *f)
+{
+	struct path_req r;
+	if (!decode(c, f, &r))
+		return;
+	if (!r.to[0]) {
+		send_error(c, f->stream, "BAD_REQUEST", 0, "rename needs a destination");
+		return;
+	}
+	if (rename(r.path, r.to) < 0) {
+		int e = errno;
+		send_error(c, f->stream, errno_name(e), e, "rename %s to %s: %s", r.path, r.to, strerror(e));
 		return;
 	}
 	send_frame(c, f->stream, T_RESULT, 0, 0, NULL, 0);

@@ -9,15 +9,27 @@
  * timeout (and cancel) bound that: they SIGKILL the group, and if the pipes are
  * still open KILL_DRAIN_MS later (held by something outside the group) the
  * agent closes its ends and finishes anyway.
+ *
+ * PTY mode (RUN_PTY): instead of three pipes the command gets the slave of a
+ * fresh pseudo-terminal as stdin, stdout and stderr, and it as its controlling
+ * terminal (setsid, then TIOCSCTTY), so job control, line editing and ^C work
+ * as in a terminal. The agent keeps the master twice: one descriptor is read
+ * as the stdout channel (there is no stderr), a duplicate is written as the
+ * stdin channel, each under the same credit rules as the pipes they replace.
+ * Once the last slave descriptor closes, reading the master fails with EIO:
+ * that is its end of file. RESIZE sets the window size on the master; the
+ * kernel SIGWINCHes the terminal's foreground process group.
  */
 #include "agent.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,8 +54,9 @@ static void kill_group(struct run_state *r, int sig)
 }
 
 /* Builds the child's environment: the agent's own (unless cleared), then each
- * override: "K=V" sets, a bare "K" unsets. */
-static char **merge_env(char **over, bool clear)
+ * override: "K=V" sets, a bare "K" unsets. `first`, if given, is one more
+ * override applied before the request's (which can therefore replace it). */
+static char **merge_env(char **over, bool clear, char *first)
 {
 	size_t nbase = 0, nover = 0;
 	if (!clear)
@@ -51,21 +64,22 @@ static char **merge_env(char **over, bool clear)
 			nbase++;
 	while (over[nover])
 		nover++;
-	char **env = malloc((nbase + nover + 1) * sizeof(char *));
+	char **env = malloc((nbase + nover + 2) * sizeof(char *));
 	if (!env)
 		return NULL;
 	size_t n = 0;
 	for (size_t i = 0; i < nbase; i++)
 		env[n++] = environ[i];
-	for (size_t i = 0; i < nover; i++) {
-		size_t klen = strcspn(over[i], "=");
+	for (size_t i = first ? 0 : 1; i <= nover; i++) {
+		char *o = i == 0 ? first : over[i - 1];
+		size_t klen = strcspn(o, "=");
 		size_t w = 0;
 		for (size_t j = 0; j < n; j++)
-			if (!(strncmp(env[j], over[i], klen) == 0 && env[j][klen] == '='))
+			if (!(strncmp(env[j], o, klen) == 0 && env[j][klen] == '='))
 				env[w++] = env[j];
 		n = w;
-		if (over[i][klen] == '=')
-			env[n++] = over[i];
+		if (o[klen] == '=')
+			env[n++] = o;
 	}
 	env[n] = NULL;
 	return env;
@@ -93,6 +107,9 @@ static void child_exec(const struct run_req *r, char **env, const char *file, ch
 		       int out_fd, int err_fd, int report_fd)
 {
 	setsid();
+	/* PTY mode: the slave is all three descriptors and the session's terminal. */
+	if (in_fd >= 0 && in_fd == out_fd && ioctl(in_fd, TIOCSCTTY, 0) < 0)
+		child_fail(report_fd, 'd', errno);
 	int devnull = -1;
 	if (in_fd < 0) {
 		devnull = open("/dev/null", O_RDONLY);
@@ -136,16 +153,33 @@ int run_start(struct stream *s)
 		return -1;
 	}
 
-	char **env = merge_env(r.env, r.clear_env);
+	char **env = merge_env(r.env, r.clear_env, r.pty ? "TERM=xterm-256color" : NULL);
 	int pout[2] = {-1, -1}, perr[2] = {-1, -1}, pin[2] = {-1, -1}, rep[2] = {-1, -1};
 	int err = 0;
 	const char *what = "spawn";
-	if (!env)
+	if (!env) {
 		err = ENOMEM;
-	else if (make_pipe(pout) < 0 || make_pipe(perr) < 0 || make_pipe(rep) < 0 ||
-		 (r.stdin_mode == 1 && make_pipe(pin) < 0))
+	} else if (r.pty) {
+		/* Master and slave stand in for the pipes: pout = {master, slave},
+		 * pin = {slave, duplicate of the master}; no stderr pipe. */
+		struct winsize ws = {.ws_row = r.rows, .ws_col = r.cols};
+		what = "openpty";
+		if (make_pipe(rep) < 0 || openpty(&pout[0], &pout[1], NULL, NULL, &ws) < 0)
+			err = errno;
+		else if ((pin[1] = fcntl(pout[0], F_DUPFD_CLOEXEC, 3)) < 0)
+			err = errno;
+		if (pout[0] >= 0) {
+			set_cloexec(pout[0]);
+			set_cloexec(pout[1]);
+			pin[0] = pout[1];
+		}
+	} else if (make_pipe(pout) < 0 || make_pipe(perr) < 0 || make_pipe(rep) < 0 ||
+		   (r.stdin_mode == 1 && make_pipe(pin) < 0)) {
 		err = errno;
+	}
 	if (err) {
+		if (r.pty)
+			pin[0] = -1; /* the slave, closed as pout[1] */
 		for (int i = 0; i < 2; i++) {
 			if (pout[i] >= 0)
 				close(pout[i]);
@@ -186,12 +220,13 @@ int run_start(struct stream *s)
 
 	pid_t pid = fork();
 	if (pid == 0)
-		child_exec(&r, env, file, argv, pin[0], pout[1], perr[1], rep[1]);
+		child_exec(&r, env, file, argv, pin[0], pout[1], r.pty ? pout[1] : perr[1], rep[1]);
 	int fork_err = errno;
 	close(pout[1]);
-	close(perr[1]);
+	if (perr[1] >= 0)
+		close(perr[1]);
 	close(rep[1]);
-	if (pin[0] >= 0)
+	if (pin[0] >= 0 && !r.pty)
 		close(pin[0]);
 	free(env);
 
@@ -207,7 +242,8 @@ int run_start(struct stream *s)
 	close(rep[0]);
 	if (pid < 0 || got == (ssize_t)sizeof(report)) {
 		close(pout[0]);
-		close(perr[0]);
+		if (perr[0] >= 0)
+			close(perr[0]);
 		if (pin[1] >= 0)
 			close(pin[1]);
 		if (pid > 0)
@@ -222,12 +258,14 @@ int run_start(struct stream *s)
 	}
 
 	rs->pid = pid;
+	rs->pty = r.pty;
 	reaper_register(pid, s);
 	rs->out = (struct pipe_ev){.ev = {EV_PIPE, 0}, .fd = pout[0], .ch = CH_OUT, .s = s};
 	rs->err = (struct pipe_ev){.ev = {EV_PIPE, 0}, .fd = perr[0], .ch = CH_ERR, .s = s};
 	rs->in = (struct pipe_ev){.ev = {EV_PIPE, 0}, .fd = pin[1], .ch = CH_IN, .s = s};
 	set_nonblock(pout[0]);
-	set_nonblock(perr[0]);
+	if (perr[0] >= 0)
+		set_nonblock(perr[0]);
 	if (pin[1] >= 0)
 		set_nonblock(pin[1]);
 
@@ -380,6 +418,18 @@ void run_on_data(struct stream *s, const struct avm_frame *f)
 }
 
 void run_on_signal(struct stream *s, int sig) { kill_group(&s->u.run, sig); }
+
+int run_resize(struct stream *s, uint16_t cols, uint16_t rows)
+{
+	struct run_state *rs = &s->u.run;
+	if (!rs->pty)
+		return -1;
+	int fd = rs->out.fd >= 0 ? rs->out.fd : rs->in.fd;
+	struct winsize ws = {.ws_row = rows, .ws_col = cols};
+	if (fd >= 0)
+		ioctl(fd, TIOCSWINSZ, &ws); /* the terminal may be gone already: nothing to resize */
+	return 0;
+}
 
 static void start_kill(struct stream *s)
 {

@@ -179,6 +179,16 @@ static int run_size_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, 
 			return -1;
 		}
 		break;
+	case RUN_PTY:
+		/* u16 columns, u16 rows; a terminal of no cells is not one. */
+		if (l != 4 || avm_be16(v) == 0 || avm_be16(v + 2) == 0) {
+			*why = "bad pty size";
+			return -1;
+		}
+		z->r->pty = true;
+		z->r->cols = avm_be16(v);
+		z->r->rows = avm_be16(v + 2);
+		break;
 	default:
 		break;
 	}
@@ -255,13 +265,16 @@ static int path_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, cons
 	uint8_t b;
 	switch (tag) {
 	case REQ_PATH:
+	case REQ_TO: {
+		char *dst = tag == REQ_PATH ? r->path : r->to;
 		if (l == 0 || l >= sizeof(r->path) || has_nul(v, l)) {
 			*why = "bad path";
 			return -1;
 		}
-		memcpy(r->path, v, l);
-		r->path[l] = 0;
+		memcpy(dst, v, l);
+		dst[l] = 0;
 		break;
+	}
 	case REQ_MODE:
 		if (get_u32(v, l, &r->mode) < 0 || r->mode > 07777) {
 			*why = "bad mode";
@@ -282,6 +295,13 @@ static int path_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, cons
 			return -1;
 		}
 		r->nofollow = b != 0;
+		break;
+	case REQ_RECURSIVE:
+		if (get_u8(v, l, &b) < 0) {
+			*why = "bad flag field";
+			return -1;
+		}
+		r->recursive = b != 0;
 		break;
 	default:
 		break;

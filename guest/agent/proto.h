@@ -18,6 +18,10 @@
 #define AVM_MAX_CHUNK (64u << 10) /* largest DATA payload */
 #define AVM_WINDOW (256u << 10)   /* initial per-channel credit, both directions */
 #define AVM_MAX_CONCURRENT 64u    /* run/put_file/get_file executing at once */
+#define AVM_MAX_WATCHES 32u       /* watch streams at once (they take no slot) */
+#define AVM_WATCH_MAX_DIRS 4096u  /* directories one watch stream watches */
+#define AVM_WATCH_QUEUE (64u << 10) /* event bytes one watch stream holds for the host */
+#define AVM_MAX_DEPTH 256u        /* directory levels a recursive remove or watch walks */
 
 /* Frame types. 0x0_ connection, 0x1_ requests (host->agent, open a stream),
  * 0x2_ stream frames in either direction, 0x3_ replies (agent->host). */
@@ -34,10 +38,14 @@ enum avm_type {
 	T_PING = 0x16,
 	T_SHUTDOWN = 0x17,
 	T_NET_CONFIG = 0x18,
+	T_REMOVE = 0x19,
+	T_RENAME = 0x1a,
+	T_WATCH = 0x1b,
 	T_DATA = 0x20,
 	T_WINDOW = 0x21,
 	T_SIGNAL = 0x22,
 	T_CANCEL = 0x23,
+	T_RESIZE = 0x24,
 	T_STARTED = 0x30,
 	T_EXIT = 0x31,
 	T_FILE_INFO = 0x32,
@@ -60,8 +68,8 @@ enum { HELLO_VERSION = 1, HELLO_AGENT = 2, HELLO_CAP = 3, HELLO_MAX_CONCURRENT =
        HELLO_MAX_FRAME = 6, HELLO_MAX_CHUNK = 7, HELLO_MILESTONE = 8, HELLO_PID = 9, HELLO_INIT = 10 };
 enum { ERR_CODE = 1, ERR_ERRNO = 2, ERR_MESSAGE = 3 };
 enum { RUN_ARGV = 1, RUN_SHELL = 2, RUN_LOGIN = 3, RUN_ENV = 4, RUN_CWD = 5, RUN_STDIN = 6,
-       RUN_TIMEOUT_MS = 7, RUN_CLEAR_ENV = 8 };
-enum { REQ_PATH = 1, REQ_MODE = 2, REQ_SIZE = 3, REQ_NOFOLLOW = 4 };
+       RUN_TIMEOUT_MS = 7, RUN_CLEAR_ENV = 8, RUN_PTY = 9 };
+enum { REQ_PATH = 1, REQ_MODE = 2, REQ_SIZE = 3, REQ_NOFOLLOW = 4, REQ_RECURSIVE = 5, REQ_TO = 6 };
 enum { SHUTDOWN_ACTION = 1 };
 enum { NET_IFNAME = 1, NET_MAC = 2, NET_ADDR = 3, NET_GATEWAY = 4, NET_DNS = 5, NET_HOSTNAME = 6,
        NET_MTU = 7 };
@@ -69,6 +77,15 @@ enum { STAT_TYPE = 1, STAT_MODE = 2, STAT_SIZE = 3, STAT_MTIME_NS = 4, STAT_UID 
        STAT_LINK = 7 };
 enum { LIST_ENTRY = 1 };
 enum { PUT_RESULT_SIZE = 1 };
+enum { WATCH_RESULT_REASON = 1 };
+
+/* A watch stream's events are DATA on channel 1, packed records of
+ * u8 kind | u8 flags | u16 length | path relative to the watched root. */
+enum { WEV_OVERFLOW = 0, WEV_CREATE = 1, WEV_WRITE = 2, WEV_REMOVE = 3, WEV_RENAME = 4, WEV_CHMOD = 5 };
+#define WEV_F_DIR 0x01
+#define WEV_HDR 4u
+/* Why a watch stream ended (its RESULT). */
+enum { WATCH_END_CLOSED = 0, WATCH_END_DELETED = 1, WATCH_END_MOVED = 2 };
 
 enum { FT_UNKNOWN = 0, FT_FILE = 1, FT_DIR = 2, FT_SYMLINK = 3, FT_FIFO = 4, FT_SOCKET = 5, FT_CHAR = 6,
        FT_BLOCK = 7 };
@@ -94,11 +111,17 @@ struct avm_frame {
 long avm_frame_parse(const uint8_t *buf, size_t avail, struct avm_frame *f);
 void avm_hdr_write(uint8_t *dst, uint32_t len, uint32_t stream, uint8_t type, uint8_t flags, uint8_t channel);
 
+static inline uint16_t avm_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t avm_be32(const uint8_t *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 static inline uint64_t avm_be64(const uint8_t *p) { return (uint64_t)avm_be32(p) << 32 | avm_be32(p + 4); }
+static inline void avm_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
 static inline void avm_put32(uint8_t *p, uint32_t v)
 {
 	p[0] = (uint8_t)(v >> 24);
@@ -128,6 +151,8 @@ struct run_req {
 	char *cwd;    /* or NULL */
 	uint8_t stdin_mode; /* 0 = /dev/null, 1 = streamed */
 	uint32_t timeout_ms; /* 0 = none */
+	bool pty;     /* run on a pseudo-terminal of cols x rows */
+	uint16_t cols, rows;
 	void *block;  /* single allocation behind all of the above */
 };
 
@@ -138,6 +163,8 @@ struct path_req {
 	uint64_t size;
 	bool has_size;
 	bool nofollow;
+	bool recursive;
+	char to[4096]; /* rename's destination, or "" */
 };
 
 struct net_settings {

@@ -25,6 +25,7 @@ import {
   type NetConfig,
   type RunRequest,
   type ShutdownAction,
+  type TerminalSize,
 } from '../protocol/agent-messages.js';
 import { InboundStream, OutboundCredit } from './credit.js';
 import {
@@ -36,6 +37,7 @@ import {
   errorFromRemote,
 } from './errors.js';
 import { AgentProcess, type RunResult, type StreamHandler, type StreamLink } from './process.js';
+import { AgentWatch } from './watch.js';
 
 /** The protocol major version this client speaks. */
 export const CLIENT_PROTOCOL_VERSION = 1;
@@ -78,6 +80,12 @@ export interface RunOptions {
   stdin?: 'pipe' | 'closed';
   /** Guest-side timeout: the whole process group is SIGKILLed and `result.timedOut` is true. */
   timeoutMs?: number;
+  /**
+   * Run on a pseudo-terminal of this size: `stdin` is always piped (to the
+   * terminal), `stdout` carries everything the terminal shows, `stderr` stays
+   * empty, and `resize()` changes the size.
+   */
+  pty?: TerminalSize;
 }
 
 export interface ExecOptions extends RunOptions {
@@ -206,11 +214,15 @@ export class AgentClient {
       cwd: opts.cwd,
       stdin: opts.stdin ?? 'closed',
       timeoutMs: opts.timeoutMs,
+      pty: opts.pty,
     };
+    if (request.pty) request.stdin = 'pipe';
     const link = this.#conn.open();
-    const proc = new AgentProcess(link, request.stdin === 'pipe');
+    const proc = new AgentProcess(link, request.stdin === 'pipe', request.pty !== undefined);
     this.#conn.attach(link.stream, proc);
     try {
+      // An older agent would skip the pty field and run on pipes.
+      if (request.pty) this.#require('pty', 'run');
       link.send({ type: 'run', stream: link.stream, request });
     } catch (err) {
       proc.onClose(err as AgentError);
@@ -434,6 +446,72 @@ export class AgentClient {
     );
   }
 
+  /**
+   * Removes a file, a symlink (never what it points to) or an empty directory;
+   * with `recursive`, a directory and everything in it. A missing path is
+   * ERR_AGENT_REMOTE with `errnoName` ENOENT.
+   */
+  async remove(path: string, opts: CallOptions & { recursive?: boolean } = {}): Promise<void> {
+    this.#require('remove', 'remove');
+    await this.#conn.unary(
+      `remove ${path}`,
+      (stream) => ({ type: 'remove', stream, path, recursive: opts.recursive }),
+      noop,
+      opts,
+    );
+  }
+
+  /** rename(2): replaces `to` if it exists (a directory only by an empty one). */
+  async rename(from: string, to: string, opts: CallOptions = {}): Promise<void> {
+    this.#require('rename', 'rename');
+    await this.#conn.unary(
+      `rename ${from}`,
+      (stream) => ({ type: 'rename', stream, path: from, to }),
+      noop,
+      opts,
+    );
+  }
+
+  /**
+   * Watches a directory (with `recursive`, every directory under it, including
+   * ones created later). Resolves once the agent armed the watch; rejects with
+   * ERR_AGENT_NOT_DIRECTORY, ERR_AGENT_WATCH_LIMIT or ERR_AGENT_REMOTE (ENOENT).
+   * `timeoutMs` bounds the arming only.
+   */
+  watch(path: string, opts: CallOptions & { recursive?: boolean } = {}): Promise<AgentWatch> {
+    try {
+      this.#require('watch', 'watch');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const link = this.#conn.open();
+    const w = new AgentWatch(link, path);
+    this.#conn.attach(link.stream, w);
+    try {
+      link.send({ type: 'watch', stream: link.stream, path, recursive: opts.recursive });
+    } catch (err) {
+      w.onClose(err as AgentError);
+    }
+    if (opts.timeoutMs === undefined) return w.armed;
+    const ms = opts.timeoutMs;
+    return new Promise<AgentWatch>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        void w.close();
+        reject(new AgentTimeoutError(`watch ${path}`, ms));
+      }, ms);
+      w.armed.then(
+        (armed) => {
+          clearTimeout(timer);
+          resolve(armed);
+        },
+        (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  }
+
   /** Round trip to the agent; resolves with the elapsed milliseconds. Never waits behind busy slots. */
   async ping(opts: CallOptions = {}): Promise<number> {
     const t0 = performance.now();
@@ -452,6 +530,18 @@ export class AgentClient {
       noop,
       opts,
     );
+  }
+
+  /** Throws ERR_AGENT_PROTOCOL when the agent's HELLO does not list `cap` (an older agent). */
+  #require(cap: string, op: string): void {
+    if (!this.hello.capabilities.includes(cap)) {
+      throw new AgentProtocolError(
+        `${op}: the agent (${this.hello.agentVersion}) has no '${cap}' capability`,
+        {
+          capability: cap,
+        },
+      );
+    }
   }
 
   /** Applies a new network identity in the guest; resolves once it is applied. */

@@ -16,6 +16,10 @@ export const AgentErrorCode = {
   REMOTE: 'ERR_AGENT_REMOTE',
   /** get_file on a directory, FIFO, device or socket. */
   NOT_REGULAR_FILE: 'ERR_AGENT_NOT_REGULAR_FILE',
+  /** watch on something that is not a directory. */
+  NOT_DIRECTORY: 'ERR_AGENT_NOT_DIRECTORY',
+  /** watch: too many watches at once, or a tree with more directories than one watch takes. */
+  WATCH_LIMIT: 'ERR_AGENT_WATCH_LIMIT',
   /** The request was cancelled (by `cancel()` or an abandoned upload). */
   CANCELLED: 'ERR_AGENT_CANCELLED',
   /** put_file: the source produced a different number of bytes than declared. */
@@ -64,6 +68,18 @@ export class AgentNotRegularFileError extends AgentError {
   }
 }
 
+export class AgentNotDirectoryError extends AgentError {
+  constructor(info: RemoteErrorInfo, op: string) {
+    super(AgentErrorCode.NOT_DIRECTORY, `${op}: ${info.message}`, { op, errno: info.errno });
+  }
+}
+
+export class AgentWatchLimitError extends AgentError {
+  constructor(info: RemoteErrorInfo, op: string) {
+    super(AgentErrorCode.WATCH_LIMIT, `${op}: ${info.message}`, { op });
+  }
+}
+
 export class AgentCancelledError extends AgentError {
   constructor(op: string) {
     super(AgentErrorCode.CANCELLED, `${op} was cancelled`, { op });
@@ -95,6 +111,8 @@ const PROTOCOL_CODES = new Set([
 /** Maps an agent ERROR payload to the typed error for operation `op`. */
 export function errorFromRemote(info: RemoteErrorInfo, op: string): AgentError {
   if (info.code === 'NOT_REGULAR_FILE') return new AgentNotRegularFileError(info, op);
+  if (info.code === 'NOT_DIRECTORY') return new AgentNotDirectoryError(info, op);
+  if (info.code === 'WATCH_LIMIT') return new AgentWatchLimitError(info, op);
   if (info.code === 'CANCELLED') return new AgentCancelledError(op);
   if (info.code === 'SIZE_MISMATCH') {
     return new AgentError(AgentErrorCode.SIZE_MISMATCH, `${op}: ${info.message}`, { op });

@@ -8,6 +8,9 @@ export type {
   FileKind,
   NetConfig,
   ShutdownAction,
+  TerminalSize,
+  WatchEndReason,
+  WatchEventType,
 } from '../protocol/agent-messages.js';
 export {
   AgentClient,
@@ -26,11 +29,14 @@ export {
   AgentClosedError,
   AgentError,
   AgentErrorCode,
+  AgentNotDirectoryError,
   AgentNotRegularFileError,
   AgentProtocolError,
   AgentRemoteError,
   AgentSizeMismatchError,
   AgentTimeoutError,
+  AgentWatchLimitError,
 } from './errors.js';
 export { agentBinaryPath, type LocalAgent, type LocalAgentOptions, startLocalAgent } from './local.js';
 export { AgentProcess, type RunResult } from './process.js';
+export { AgentWatch, type AgentWatchEvents, type WatchEvent } from './watch.js';

@@ -59,6 +59,9 @@ export class AgentProcess implements StreamHandler {
   readonly #out: InboundStream;
   readonly #err: InboundStream;
   readonly #stdinCredit = new OutboundCredit();
+  readonly #pty: boolean;
+  /** A size asked for before the command started, sent with STARTED. */
+  #pendingSize: { cols: number; rows: number } | undefined;
   #started = false;
   #done = false;
   #resolvePid!: (pid: number) => void;
@@ -67,8 +70,9 @@ export class AgentProcess implements StreamHandler {
   #rejectResult!: (err: Error) => void;
 
   /** @internal Created by AgentClient.run(). */
-  constructor(link: StreamLink, stdin: boolean) {
+  constructor(link: StreamLink, stdin: boolean, pty = false) {
     this.#link = link;
+    this.#pty = pty;
     const grant = (channel: number) => (bytes: number) =>
       this.#trySend({ type: 'window', stream: link.stream, channel, increment: bytes });
     this.#out = new InboundStream({ grant: grant(Channel.OUT), window: link.window });
@@ -122,6 +126,28 @@ export class AgentProcess implements StreamHandler {
     this.#trySend({ type: 'signal', stream: this.#link.stream, signal: num });
   }
 
+  /** True when the command runs on a pseudo-terminal. */
+  get pty(): boolean {
+    return this.#pty;
+  }
+
+  /**
+   * Sets the terminal's size (the kernel sends SIGWINCH to its foreground
+   * process group). Throws TypeError without a pty or for a size outside
+   * 1..65535; ignored once the command ended.
+   */
+  resize(cols: number, rows: number): void {
+    if (!this.#pty) throw new TypeError('resize: the command has no pty');
+    const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 0xffff;
+    if (!ok(cols) || !ok(rows)) throw new TypeError(`resize: bad terminal size ${cols}x${rows}`);
+    if (this.#done) return;
+    if (!this.#started) {
+      this.#pendingSize = { cols, rows };
+      return;
+    }
+    this.#trySend({ type: 'resize', stream: this.#link.stream, cols, rows });
+  }
+
   /** Kills the process group (SIGKILL); `result` resolves with `cancelled: true`. A queued command is dropped. */
   cancel(): void {
     if (this.#done) return;
@@ -134,6 +160,10 @@ export class AgentProcess implements StreamHandler {
       case 'started':
         this.#started = true;
         this.#resolvePid(m.pid);
+        if (this.#pendingSize) {
+          this.#trySend({ type: 'resize', stream: this.#link.stream, ...this.#pendingSize });
+          this.#pendingSize = undefined;
+        }
         return;
       case 'window':
         if (m.channel === Channel.IN) this.#stdinCredit.add(m.increment);

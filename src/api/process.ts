@@ -1,8 +1,11 @@
-/** A command running in a sandbox: its streams, its result, signals. */
+/**
+ * A command running in a sandbox: its streams, its result, signals, and (for
+ * one started with a pty) its terminal's size.
+ */
 import { Writable } from 'node:stream';
 import { OUT_STDERR, OUT_STDOUT } from '../actors/vm/messages.js';
-import { errorFrom } from './errors.js';
-import { checkSignal, handled, rejected } from './schemas.js';
+import { errorFrom, SandboxError, SandboxErrorCode } from './errors.js';
+import { checkOptions, handled, PtySize, rejected, signalOrRejection } from './schemas.js';
 import type { OperationHandler } from './sink.js';
 import { InputChannel, OutputStream } from './streams.js';
 
@@ -23,12 +26,15 @@ export interface ProcessLink {
   writable(): Promise<void>;
   signal(signal: number): void;
   cancel(): void;
+  resize(cols: number, rows: number): void;
 }
 
 export class SandboxProcess implements OperationHandler {
+  /** Its output; with a pty, everything the terminal shows (echo included). */
   readonly stdout: OutputStream;
+  /** Its error output; with a pty always empty (the terminal is stdout). */
   readonly stderr: OutputStream;
-  /** The command's stdin, when it was started with `stdin: 'pipe'`. */
+  /** The command's stdin, when it was started with `stdin: 'pipe'` or a pty (then: the terminal's keyboard). */
   readonly stdin: Writable | null;
   /** Resolves with the guest pid once the command started. */
   readonly pid: Promise<number>;
@@ -44,6 +50,8 @@ export class SandboxProcess implements OperationHandler {
   constructor(
     private readonly link: ProcessLink,
     withStdin: boolean,
+    /** Started on a pseudo-terminal. */
+    readonly pty = false,
   ) {
     this.stdout = new OutputStream((n) => link.ack(n));
     this.stderr = new OutputStream((n) => link.ack(n));
@@ -80,13 +88,28 @@ export class SandboxProcess implements OperationHandler {
    * the guest does not know; a command that already ended is left alone.
    */
   signal(signal: NodeJS.Signals | string | number = 'SIGTERM'): Promise<void> {
-    let num: number;
+    const num = signalOrRejection(signal);
+    if (typeof num !== 'number') return num;
+    if (!this.ended) this.link.signal(num);
+    return Promise.resolve();
+  }
+
+  /**
+   * Sets the terminal's size (cols and rows 1..1000); the kernel sends the
+   * command SIGWINCH. Rejects with ERR_SANDBOX_BAD_OPTIONS for a bad size or a
+   * command started without a pty; a command that already ended is left alone.
+   */
+  resize(size: { cols: number; rows: number }): Promise<void> {
+    let s: { cols: number; rows: number };
     try {
-      num = checkSignal(signal);
+      s = checkOptions(PtySize, size, 'size');
+      if (!this.pty) {
+        throw new SandboxError(SandboxErrorCode.BAD_OPTIONS, 'resize: the command was started without a pty');
+      }
     } catch (err) {
       return rejected(err);
     }
-    if (!this.ended) this.link.signal(num);
+    if (!this.ended) this.link.resize(s.cols, s.rows);
     return Promise.resolve();
   }
 

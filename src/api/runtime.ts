@@ -7,10 +7,12 @@
  *     await rt.stop();
  *
  * It owns the actor system (worker threads), the network layer (flow shards),
- * the image store, and optionally the control socket `actorctl` talks to.
+ * and the image store; the daemon (src/daemon) serves it over HTTP.
  * Each sandbox is a VM actor on a VM worker; this thread talks to it with
  * messages and receives its streams through a local sink actor.
  */
+
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LevelWithSilent } from 'pino';
@@ -27,13 +29,14 @@ import type { ImageSpec } from '../images/spec.js';
 import { ImageStore } from '../images/store.js';
 import type { ActorRef } from '../runtime/actor-ref.js';
 import { ActorSystem } from '../runtime/actor-system.js';
-import { ControlServer } from '../runtime/control-server.js';
-import { actorvmHome, defaultLogFile, defaultSocketPath } from '../runtime/paths.js';
-import { registerSystemMethods } from '../runtime/system-control.js';
-import { registerSandboxMethods } from './control.js';
+import { actorvmHome, defaultLogFile } from '../runtime/paths.js';
 import { SandboxError, SandboxErrorCode } from './errors.js';
+import { Lifetime } from './lifetime.js';
+import { ProcessTable } from './process-table.js';
+import { type ConnectOptions, connectRuntime, type RemoteRuntime } from './remote/index.js';
 import { Sandbox, type SandboxHost } from './sandbox.js';
-import { check, checkOptions, RuntimeOptionsSchema, SandboxOptionsSchema } from './schemas.js';
+import type { SandboxRecord } from './sandbox-record.js';
+import { check, checkOptions, LifetimeMs, RuntimeOptionsSchema, SandboxOptionsSchema } from './schemas.js';
 import SinkKind, { SinkRegistry } from './sink.js';
 
 export type BackendChoice = 'qemu' | 'namespace' | 'auto';
@@ -44,8 +47,6 @@ export interface RuntimeOptions {
   /** State directory (images, run files, log); default ACTORVM_HOME or ~/.actorvm. */
   home?: string;
   log?: { level?: LevelWithSilent; file?: string };
-  /** Serve the control socket for actorctl (default false; a path, or true for the default path). */
-  control?: boolean | string;
   /** Backend when a sandbox does not name one: 'auto' = QEMU when KVM works, else namespaces. */
   backend?: BackendChoice;
 }
@@ -67,10 +68,17 @@ export interface SandboxOptions {
   network?: NetworkOptions & { forwards?: (number | ForwardOption)[] };
   /** Backstop for boot (the boot fails at once if the machine dies first). Default 120 s. */
   bootTimeoutMs?: number;
+  /** Kill the sandbox this long after it is ready; change with `rt.setTimeout`. Default: no limit. */
+  timeoutMs?: number;
+  /** Labels (E2B metadata), listed and filtered by `rt.sandboxes({ metadata })`. */
+  metadata?: Record<string, string>;
 }
+
+export type { SandboxRecord } from './sandbox-record.js';
 
 interface Entry {
   sandbox: Sandbox;
+  record: SandboxRecord;
   vm: ActorRef<any, string>;
   runDir: string;
 }
@@ -90,10 +98,19 @@ export class Runtime implements SandboxHost {
     private readonly sink: ActorRef<any, void>,
     private readonly home: string,
     private readonly defaultBackend: BackendChoice,
-    readonly control: ControlServer | undefined,
   ) {}
 
-  /** Starts a runtime. Throws ERR_RUNTIME_BAD_OPTIONS, or ERR_CONTROL_IN_USE (nothing is left running then). */
+  /**
+   * A runtime served by a daemon (`actorctl serve`), over its control socket
+   * (`{ socket }`, default path when empty) or TCP (`{ url, apiKey }`): the
+   * same Sandbox interface, for sandboxes that outlive this process. Throws
+   * ERR_REMOTE_UNREACHABLE, ERR_DAEMON_UNAUTHORIZED.
+   */
+  static connect(opts: ConnectOptions = {}): Promise<RemoteRuntime> {
+    return connectRuntime(opts);
+  }
+
+  /** Starts a runtime. Throws ERR_RUNTIME_BAD_OPTIONS. */
   static async start(opts: RuntimeOptions = {}): Promise<Runtime> {
     opts = check(RuntimeOptionsSchema, opts ?? {}, SandboxErrorCode.BAD_RUNTIME_OPTIONS, 'runtime options');
     const home = opts.home ?? actorvmHome();
@@ -116,22 +133,7 @@ export class Runtime implements SandboxHost {
     const images = new ImageStore({ home, pool, log: system.log });
     const registry = new SinkRegistry();
     const sink = await system.spawnLocal(SinkKind, { registry }, { name: 'sandbox-sink' });
-    let control: ControlServer | undefined;
-    if (opts.control) {
-      control = new ControlServer(opts.control === true ? defaultSocketPath() : opts.control, system.log);
-    }
-    const rt = new Runtime(registry, system, net, images, pool, sink, home, opts.backend ?? 'auto', control);
-    if (control) {
-      registerSystemMethods(control, system);
-      net.registerControl(control);
-      registerSandboxMethods(control, rt);
-      try {
-        await control.listen();
-      } catch (err) {
-        await rt.stop();
-        throw err;
-      }
-    }
+    const rt = new Runtime(registry, system, net, images, pool, sink, home, opts.backend ?? 'auto');
     system.on('escalation', (e: { actor: { id: number } }) => rt.onEscalation(e.actor.id));
     return rt;
   }
@@ -187,28 +189,82 @@ export class Runtime implements SandboxHost {
         { ...e.details, cause: e.code },
       );
     }
-    const sandbox = new Sandbox(id, backend, vm, this, info);
+    const record: SandboxRecord = {
+      key: `${id}-${randomBytes(6).toString('hex')}`,
+      image: typeof opts.image === 'object' ? opts.image.name : (opts.image ?? 'base'),
+      memoryMiB: args.memoryMiB,
+      cpus: args.cpus,
+      metadata: Object.freeze({ ...opts.metadata }),
+      lifetime: new Lifetime(new Date(), () => this.expire(id)),
+      processes: new ProcessTable(this.system.log.child({ sandbox: id })),
+      accessToken: randomBytes(20).toString('hex'),
+    };
+    const sandbox = new Sandbox(id, backend, vm, this, info, record);
     this.registry.states.set(id, (state) => {
       sandbox.state = state as Sandbox['state'];
     });
-    this.entries.set(id, { sandbox, vm, runDir });
+    record.lifetime.set(opts.timeoutMs);
+    this.entries.set(id, { sandbox, record, vm, runDir });
+    this.system.log.info(
+      {
+        event: 'sandbox.ready',
+        sandbox: id,
+        key: record.key,
+        backend,
+        image: record.image,
+        timeoutMs: opts.timeoutMs,
+      },
+      'sandbox ready',
+    );
     return sandbox;
   }
 
-  /** Live sandboxes. */
-  sandboxes(): Sandbox[] {
-    return [...this.entries.values()].map((e) => e.sandbox);
+  /** Live sandboxes, optionally those whose metadata has every given key and value. */
+  sandboxes(filter: { metadata?: Record<string, string> } = {}): Sandbox[] {
+    const want = Object.entries(filter.metadata ?? {});
+    return [...this.entries.values()]
+      .filter((e) => want.every(([k, v]) => e.record.metadata[k] === v))
+      .map((e) => e.sandbox);
   }
 
-  sandbox(id: number): Sandbox | undefined {
-    return this.entries.get(id)?.sandbox;
+  /** A live sandbox by its number or its key. */
+  sandbox(id: number | string): Sandbox | undefined {
+    if (typeof id === 'number') return this.entries.get(id)?.sandbox;
+    const n = Number.parseInt(id, 10);
+    const e = this.entries.get(n);
+    return e && (e.record.key === id || String(n) === id) ? e.sandbox : undefined;
+  }
+
+  /** What the runtime keeps about a live sandbox (key, metadata, lifetime, processes). */
+  record(id: number): SandboxRecord | undefined {
+    return this.entries.get(id)?.record;
+  }
+
+  /**
+   * Moves a sandbox's deadline to `ms` from now (undefined: no deadline).
+   * Throws ERR_NO_SUCH_SANDBOX, ERR_SANDBOX_BAD_OPTIONS.
+   */
+  setTimeout(id: number, ms: number | undefined): Date | undefined {
+    if (ms !== undefined) checkOptions(LifetimeMs, ms, 'timeoutMs');
+    const e = this.entries.get(id);
+    if (!e) throw new SandboxError(SandboxErrorCode.NOT_FOUND, `no sandbox ${id}`, { id });
+    e.record.lifetime.set(ms);
+    this.system.log.info(
+      { event: 'sandbox.timeout_set', sandbox: id, timeoutMs: ms },
+      'sandbox deadline moved',
+    );
+    return e.record.lifetime.endAt;
+  }
+
+  private expire(id: number): void {
+    this.system.log.info({ event: 'sandbox.expired', sandbox: id }, 'sandbox reached its deadline');
+    void this.kill(id).catch(() => {});
   }
 
   /** Stops every sandbox, then the system. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       await Promise.all([...this.entries.keys()].map((id) => this.kill(id).catch(() => {})));
-      await this.control?.close();
       await this.pool.destroy();
       await this.system.shutdown();
     })();
@@ -230,7 +286,12 @@ export class Runtime implements SandboxHost {
     const e = this.entries.get(sandbox);
     if (!e) return;
     this.entries.delete(sandbox);
+    e.record.lifetime.clear();
+    e.record.processes.close();
+    // Killed is final: the VM actor's later 'stopping' must not overwrite it.
+    this.registry.states.delete(sandbox);
     e.sandbox.markKilled();
+    this.system.log.info({ event: 'sandbox.killed', sandbox }, 'sandbox killed');
     await this.teardown(sandbox, e.vm, e.runDir);
   }
 

@@ -2,30 +2,45 @@
  * A sandbox, as the main thread holds it: commands, files, exposed ports,
  * console logs, teardown. Every operation is a message to the sandbox's VM
  * actor; bytes stream over the rings (see streams.ts).
+ *
+ * A directory watch (SandboxWatcher) is armed in the guest before
+ * `files.watch()` resolves: a change made after that is always reported.
+ * Its events are acknowledged as they are emitted; only an async iterator
+ * that falls behind holds acknowledgements back, which stops the guest's
+ * agent, whose bounded queue then drops events and reports the gap
+ * ('overflow') rather than anything growing.
  */
-import { Readable } from 'node:stream';
-import { StringDecoder } from 'node:string_decoder';
-import { OUT_FILE, type VmInfo, type VmMessage, type VmState } from '../actors/vm/messages.js';
+
+import { EventEmitter } from 'node:events';
+import type { Readable } from 'node:stream';
+import { OUT_FILE, OUT_WATCH, type VmInfo, type VmMessage, type VmState } from '../actors/vm/messages.js';
+import { AgentErrorCode } from '../agent/errors.js';
+import { decodeWatchEvents, type WatchEndReason, type WatchEventType } from '../protocol/agent-messages.js';
 import type { ActorRef } from '../runtime/actor-ref.js';
+import { deferred } from './deferred.js';
 import { errorFrom, SandboxError, SandboxErrorCode } from './errors.js';
+import { EventQueue } from './event-queue.js';
 import { type ProcessResult, SandboxProcess } from './process.js';
+import type { SandboxRecord } from './sandbox-record.js';
 import {
   checkCommand,
+  checkExposeArgs,
   checkOptions,
   checkPath,
   checkPort,
+  checkWriteArgs,
   DEFAULT_MAX_OUTPUT_BYTES,
   ExecOptionsSchema,
-  ExposeOptionsSchema,
   handled,
   LogBytes,
   MkdirOptionsSchema,
   Proto,
+  RemoveOptionsSchema,
   SpawnOptionsSchema,
-  WriteOptionsSchema,
+  WatchOptionsSchema,
 } from './schemas.js';
 import type { OperationHandler, SinkRegistry } from './sink.js';
-import { InputChannel, OutputStream } from './streams.js';
+import { finishExec, InputChannel, OutputStream } from './streams.js';
 
 /** A command: a shell string (run by `/bin/sh -c`), or an argv array (run directly). */
 export type Command = string | string[];
@@ -39,9 +54,16 @@ export interface SpawnOptions {
   stdin?: 'pipe' | 'closed';
   /** Run a shell string through the login shell (`$SHELL -lc`) instead of `/bin/sh -c`. */
   login?: boolean;
+  /**
+   * Run on a pseudo-terminal of this size (1..1000 each): stdin is always
+   * piped (the terminal's input), stdout carries what the terminal shows,
+   * stderr stays empty, `TERM` defaults to xterm-256color, and
+   * `resize()` changes the size.
+   */
+  pty?: { cols: number; rows: number };
 }
 
-export interface ExecOptions extends Omit<SpawnOptions, 'stdin'> {
+export interface ExecOptions extends Omit<SpawnOptions, 'stdin' | 'pty'> {
   /** Data for the command's stdin (then closed). */
   stdin?: string | Uint8Array | Readable;
   onStdout?: (chunk: string) => void;
@@ -74,6 +96,7 @@ export interface SandboxHost {
   ): Promise<{ hostIp: string; hostPort: number }>;
   unexpose(sandbox: number, hostPort: number, proto: 'tcp' | 'udp'): Promise<boolean>;
   kill(sandbox: number): Promise<void>;
+  setTimeout(sandbox: number, ms: number | undefined): Date | undefined;
 }
 
 export class Sandbox {
@@ -90,8 +113,32 @@ export class Sandbox {
     private readonly host: SandboxHost,
     /** Boot information (time to ready, accel, agent version). */
     readonly boot: VmInfo,
+    private readonly record: SandboxRecord,
   ) {
     this.files = new SandboxFiles(id, this.vm, host.registry);
+  }
+
+  /** The sandbox's key: how other processes name it (`rt.sandbox(key)`, the daemon, E2B's sandboxID). */
+  get key(): string {
+    return this.record.key;
+  }
+
+  /** Labels given at create (`rt.sandboxes({ metadata })` filters by them). */
+  get metadata(): Readonly<Record<string, string>> {
+    return this.record.metadata;
+  }
+
+  /** When the runtime will kill the sandbox, or undefined when it lives until killed. */
+  get endAt(): Date | undefined {
+    return this.record.lifetime.endAt;
+  }
+
+  /**
+   * Kills the sandbox `ms` from now (undefined: never on its own). Throws
+   * ERR_SANDBOX_BAD_OPTIONS, ERR_NO_SUCH_SANDBOX once it is gone.
+   */
+  setTimeout(ms: number | undefined): Date | undefined {
+    return this.host.setTimeout(this.id, ms);
   }
 
   /**
@@ -113,8 +160,10 @@ export class Sandbox {
         writable: () => vm.writable(),
         signal: (signal) => vm.tell({ type: 'signal', id, signal }),
         cancel: () => vm.tell({ type: 'cancel', id }),
+        resize: (cols, rows) => vm.tell({ type: 'resize', id, cols, rows }),
       },
-      opts.stdin === 'pipe',
+      opts.stdin === 'pipe' || opts.pty !== undefined,
+      opts.pty !== undefined,
     );
     id = registry.add(this.id, proc);
     const request = {
@@ -122,7 +171,8 @@ export class Sandbox {
       env: opts.env,
       cwd: opts.cwd,
       timeoutMs: opts.timeoutMs,
-      stdin: opts.stdin === 'pipe',
+      stdin: opts.stdin === 'pipe' || opts.pty !== undefined,
+      pty: opts.pty,
     };
     vm.tell({ type: 'exec', id, request: JSON.stringify(request) });
     return proc;
@@ -138,49 +188,7 @@ export class Sandbox {
     opts = checkOptions(ExecOptionsSchema, opts);
     const { stdin, onStdout, onStderr, maxOutputBytes = DEFAULT_MAX_OUTPUT_BYTES, ...rest } = opts;
     const proc = this.spawn(cmd, { ...rest, stdin: stdin === undefined ? 'closed' : 'pipe' });
-    const collect = (r: Readable, cb?: (s: string) => void): Promise<{ text: string; truncated: boolean }> =>
-      new Promise((resolve, reject) => {
-        const parts: Buffer[] = [];
-        let kept = 0;
-        let truncated = false;
-        const decoder = cb ? new StringDecoder('utf8') : undefined;
-        r.on('data', (d: Buffer) => {
-          if (kept < maxOutputBytes) {
-            const take = Math.min(d.length, maxOutputBytes - kept);
-            parts.push(take === d.length ? d : d.subarray(0, take));
-            kept += take;
-            if (take < d.length) truncated = true;
-          } else if (d.length > 0) truncated = true;
-          if (decoder) {
-            const text = decoder.write(d);
-            if (text) cb!(text);
-          }
-        });
-        r.once('end', () => {
-          const rest = decoder?.end();
-          if (rest) cb!(rest);
-          resolve({ text: Buffer.concat(parts).toString('utf8'), truncated });
-        });
-        r.once('error', reject);
-      });
-    if (stdin !== undefined && proc.stdin) {
-      // A command that stops reading its stdin ends the write with an error: the result tells.
-      proc.stdin.on('error', () => {});
-      if (typeof stdin === 'string' || stdin instanceof Uint8Array) proc.stdin.end(stdin);
-      else (stdin as Readable).pipe(proc.stdin);
-    }
-    const [stdout, stderr, result] = await Promise.all([
-      collect(proc.stdout, onStdout),
-      collect(proc.stderr, onStderr),
-      proc.result,
-    ]);
-    return {
-      ...result,
-      stdout: stdout.text,
-      stderr: stderr.text,
-      stdoutTruncated: stdout.truncated,
-      stderrTruncated: stderr.truncated,
-    };
+    return finishExec(proc, { stdin, maxOutputBytes, onStdout, onStderr });
   }
 
   private stoppedError(): SandboxError {
@@ -195,10 +203,7 @@ export class Sandbox {
     guestPort: number,
     opts: { hostPort?: number; proto?: 'tcp' | 'udp' } = {},
   ): Promise<{ host: string; port: number; url: string }> {
-    checkPort(guestPort, 'guestPort');
-    const hostPort = (opts as { hostPort?: unknown } | undefined)?.hostPort;
-    if (hostPort !== undefined) checkPort(hostPort, 'hostPort', true);
-    opts = checkOptions(ExposeOptionsSchema, opts);
+    opts = checkExposeArgs(guestPort, opts);
     if (this.killed) throw this.stoppedError();
     const r = await this.host.expose(this.id, guestPort, opts);
     return { host: r.hostIp, port: r.hostPort, url: `http://${r.hostIp}:${r.hostPort}/` };
@@ -265,14 +270,7 @@ export class SandboxFiles {
     data: string | Uint8Array | Readable,
     opts: { mode?: number; size?: number } = {},
   ): Promise<void> {
-    checkPath(path);
-    opts = checkOptions(WriteOptionsSchema, opts);
-    if (typeof data !== 'string' && !(data instanceof Uint8Array) && !(data instanceof Readable)) {
-      throw new SandboxError(
-        SandboxErrorCode.BAD_OPTIONS,
-        'data must be a string, a Uint8Array or a Readable',
-      );
-    }
+    opts = checkWriteArgs(path, data, opts);
     this.live();
     const bytes =
       typeof data === 'string' ? Buffer.from(data) : data instanceof Uint8Array ? data : undefined;
@@ -365,5 +363,186 @@ export class SandboxFiles {
     opts = checkOptions(MkdirOptionsSchema, opts);
     this.live();
     await this.vm.ask({ type: 'fs', op: 'mkdir', path, mode: opts.mode ?? 0o755 });
+  }
+
+  /**
+   * Removes a file, a symlink (never its target) or an empty directory; with
+   * `recursive`, a directory and everything in it (symlinks inside are
+   * removed, not followed). A missing path rejects with ERR_AGENT_REMOTE,
+   * `details.errnoName` ENOENT; a non-empty directory without `recursive`
+   * with ENOTEMPTY.
+   */
+  async remove(path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    checkPath(path);
+    opts = checkOptions(RemoveOptionsSchema, opts);
+    this.live();
+    await this.vm.ask({ type: 'remove', path, recursive: opts.recursive ?? false });
+  }
+
+  /** rename(2): `to` is replaced if it exists; errors as the guest reports them (ENOENT, EXDEV, …). */
+  async rename(from: string, to: string): Promise<void> {
+    checkPath(from);
+    checkPath(to);
+    this.live();
+    await this.vm.ask({ type: 'rename', from, to });
+  }
+
+  /** Whether `path` exists (symlinks followed); other failures (EACCES, …) reject. */
+  async exists(path: string): Promise<boolean> {
+    checkPath(path);
+    this.live();
+    try {
+      await this.vm.ask({ type: 'fs', op: 'stat', path, mode: 0 });
+      return true;
+    } catch (err) {
+      const e = err as { code?: string; details?: { errnoName?: string } };
+      if (e.code === AgentErrorCode.REMOTE && NOT_FOUND.has(e.details?.errnoName ?? '')) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * Watches a directory (with `recursive`, every directory under it, also
+   * ones created later). Resolves once the guest armed the watch. Rejects
+   * with ERR_AGENT_NOT_DIRECTORY for a non-directory, ERR_AGENT_REMOTE
+   * (ENOENT) for a missing path, ERR_AGENT_WATCH_LIMIT past the agent's
+   * bounds (32 watches, 4096 directories per watch).
+   */
+  async watch(path: string, opts: { recursive?: boolean } = {}): Promise<SandboxWatcher> {
+    checkPath(path);
+    opts = checkOptions(WatchOptionsSchema, opts);
+    this.live();
+    const vm = this.vm;
+    let id = 0;
+    const watcher = new SandboxWatcher({
+      ack: (bytes) => vm.tell({ type: 'ack', id, bytes }),
+      cancel: () => vm.tell({ type: 'cancel', id }),
+    });
+    id = this.registry.add(this.sandbox, watcher);
+    vm.tell({ type: 'watch', id, path, recursive: opts.recursive ?? false });
+    await watcher.armed;
+    return watcher;
+  }
+}
+
+/** Errno names that mean "there is nothing at that path". */
+const NOT_FOUND = new Set(['ENOENT', 'ENOTDIR']);
+
+/** A change under a watched directory. */
+export interface WatchEvent {
+  type: WatchEventType;
+  /** Path relative to the watched directory ('' is the directory itself). */
+  name: string;
+  isDir: boolean;
+}
+
+export interface SandboxWatcherEvents {
+  event: [WatchEvent];
+  /** Events were dropped here: the consumer fell behind, or part of the tree could not be watched. */
+  overflow: [];
+  /** The watch failed (the sandbox went away, …); emitted only when listened to, `ended` rejects too. */
+  error: [Error];
+  /** The last event: closed by `close()`, or the directory was deleted or moved away ('closed' after an error). */
+  end: [WatchEndReason];
+}
+
+/** What a SandboxWatcher needs from its sandbox. */
+interface WatcherLink {
+  ack(bytes: number): void;
+  cancel(): void;
+}
+
+/** Events an async iterator may hold before acknowledgements (and so the guest) wait for it. */
+const ITERATOR_BACKLOG = 4096;
+
+/** A directory watch: an EventEmitter, and an async iterable of its events (single consumer). */
+export class SandboxWatcher
+  extends EventEmitter<SandboxWatcherEvents>
+  implements OperationHandler, AsyncIterable<WatchEvent>
+{
+  /** Directories the guest watches (counted when it armed the watch). */
+  directories = 0;
+  private readonly armedAt = deferred<void>();
+  private readonly endedAt = deferred<WatchEndReason>();
+  /** Resolves once armed; rejects when the watch could not be set up. */
+  readonly armed: Promise<void> = this.armedAt.promise;
+  /** Resolves with why the watch ended; rejects with the error that ended it. */
+  readonly ended: Promise<WatchEndReason> = this.endedAt.promise;
+  private over = false;
+  private queue: EventQueue<WatchEvent> | undefined;
+  private owed = 0;
+
+  constructor(private readonly link: WatcherLink) {
+    super();
+  }
+
+  /** Ends the watch in the guest; resolves once it ended. Idempotent. */
+  close(): Promise<void> {
+    if (!this.over) this.link.cancel();
+    return this.ended.then(
+      () => {},
+      () => {},
+    );
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<WatchEvent> {
+    this.queue ??= new EventQueue((left) => {
+      // Credit held back while the iterator was behind goes out once it caught up.
+      if (this.owed > 0 && left <= ITERATOR_BACKLOG / 2) {
+        this.link.ack(this.owed);
+        this.owed = 0;
+      }
+    });
+    return this.queue.iterator(() => this.close());
+  }
+
+  // ---- OperationHandler (called by the sink) ----
+
+  out(channel: number, data: Uint8Array): void {
+    if (channel !== OUT_WATCH) return;
+    let records: ReturnType<typeof decodeWatchEvents>;
+    try {
+      records = decodeWatchEvents(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    } catch {
+      records = [{ type: 'overflow' }]; // unreadable records: say events are missing
+    }
+    for (const r of records) {
+      if (r.type === 'overflow') {
+        this.emit('overflow');
+        continue;
+      }
+      const e: WatchEvent = { type: r.type, name: r.name, isDir: r.isDir };
+      this.emit('event', e);
+      this.queue?.push(e);
+    }
+    if (this.queue && this.queue.items.length > ITERATOR_BACKLOG) this.owed += data.byteLength;
+    else this.link.ack(data.byteLength);
+  }
+
+  started(info: unknown): void {
+    this.directories = Number((info as { directories?: number }).directories ?? 0);
+    this.armedAt.resolve();
+  }
+
+  credit(): void {}
+
+  done(
+    result: { error?: { code: string; message: string; details?: unknown } } & Record<string, unknown>,
+  ): void {
+    this.over = true;
+    if (result.error) {
+      const err = errorFrom(result.error);
+      this.queue?.end(err);
+      this.armedAt.reject(err);
+      this.endedAt.reject(err);
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+      this.emit('end', 'closed');
+    } else {
+      const reason = (result.reason as WatchEndReason | undefined) ?? 'closed';
+      this.queue?.end();
+      this.armedAt.resolve();
+      this.endedAt.resolve(reason);
+      this.emit('end', reason);
+    }
   }
 }

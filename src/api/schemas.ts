@@ -45,6 +45,10 @@ export const Proto = z.enum(['tcp', 'udp']);
 export const TimeoutMs = z.number().int().min(1).max(DAY_MS);
 export const GuestPath = z.string().min(1).max(4096).refine(noNul, 'must not contain NUL');
 export const FileMode = z.number().int().min(0).max(0o7777);
+/** A terminal's size in character cells. */
+export const PtySize = z
+  .object({ cols: z.number().int().min(1).max(1000), rows: z.number().int().min(1).max(1000) })
+  .strict();
 
 /** Host capacity, read once: what memoryMiB and cpus may ask for. */
 const hostMiB = Math.floor(os.totalmem() / MiB);
@@ -53,6 +57,17 @@ const hostCpus = os.availableParallelism();
 export const ForwardSchema = z
   .object({ guestPort: Port, hostPort: HostPort.optional(), proto: Proto.optional() })
   .strict();
+
+/** A sandbox's lifetime: 1 s .. 30 days. */
+export const LifetimeMs = z
+  .number()
+  .int()
+  .min(1000)
+  .max(30 * 24 * 3600 * 1000);
+/** Labels on a sandbox (E2B metadata): at most 64, short keys, bounded values. */
+export const Metadata = z
+  .record(z.string().min(1).max(128).refine(noNul, 'must not contain NUL'), z.string().max(1024))
+  .refine((m) => Object.keys(m).length <= 64, 'at most 64 metadata keys');
 
 export const SandboxOptionsSchema = z
   .object({
@@ -71,6 +86,9 @@ export const SandboxOptionsSchema = z
       .partial()
       .strict(),
     bootTimeoutMs: TimeoutMs,
+    /** Kill the sandbox this long after it is ready (extend with setTimeout). */
+    timeoutMs: LifetimeMs,
+    metadata: Metadata,
   })
   .partial()
   .strict();
@@ -86,7 +104,6 @@ export const RuntimeOptionsSchema = z
       })
       .partial()
       .strict(),
-    control: z.union([z.boolean(), z.string().min(1)]),
     backend: Backend,
   })
   .partial()
@@ -104,6 +121,8 @@ export const SpawnOptionsSchema = z
     timeoutMs: TimeoutMs,
     stdin: z.enum(['pipe', 'closed']),
     login: z.boolean(),
+    /** Run on a pseudo-terminal of this size (stdin is then always piped). */
+    pty: PtySize,
   })
   .partial()
   .strict();
@@ -134,6 +153,8 @@ export const WriteOptionsSchema = z
   .partial()
   .strict();
 export const MkdirOptionsSchema = z.object({ mode: FileMode }).partial().strict();
+export const RemoveOptionsSchema = z.object({ recursive: z.boolean() }).partial().strict();
+export const WatchOptionsSchema = z.object({ recursive: z.boolean() }).partial().strict();
 export const LogBytes = z
   .number()
   .int()
@@ -194,6 +215,42 @@ export function checkSignal(sig: unknown): number {
 
 export function checkPort(port: unknown, what: string, allowAny = false): number {
   return check(allowAny ? HostPort : Port, port, SandboxErrorCode.BAD_PORT, what) as number;
+}
+
+/** expose()'s arguments (ports first, for ERR_SANDBOX_BAD_PORT), in-process and remote alike. */
+export function checkExposeArgs(guestPort: unknown, opts: unknown): z.infer<typeof ExposeOptionsSchema> {
+  checkPort(guestPort, 'guestPort');
+  const hostPort = (opts as { hostPort?: unknown } | undefined)?.hostPort;
+  if (hostPort !== undefined) checkPort(hostPort, 'hostPort', true);
+  return checkOptions(ExposeOptionsSchema, opts);
+}
+
+/** files.write()'s arguments, in-process and remote alike. */
+export function checkWriteArgs(
+  path: unknown,
+  data: unknown,
+  opts: unknown,
+): z.infer<typeof WriteOptionsSchema> {
+  checkPath(path);
+  const checked = checkOptions(WriteOptionsSchema, opts);
+  checkWriteData(data);
+  return checked;
+}
+
+/** A signal for a method that answers with a promise: its number, or the rejection to return. */
+export function signalOrRejection(sig: unknown): number | Promise<never> {
+  try {
+    return checkSignal(sig);
+  } catch (err) {
+    return rejected(err);
+  }
+}
+
+/** What a file write takes: a string, bytes or a Readable. Throws ERR_SANDBOX_BAD_OPTIONS. */
+export function checkWriteData(data: unknown): asserts data is string | Uint8Array | Readable {
+  if (typeof data !== 'string' && !(data instanceof Uint8Array) && !(data instanceof Readable)) {
+    throw new SandboxError(SandboxErrorCode.BAD_OPTIONS, 'data must be a string, a Uint8Array or a Readable');
+  }
 }
 
 export function checkPath(path: unknown): string {

@@ -3,7 +3,8 @@
  * windows of src/actors/vm/messages.ts: output is acknowledged as the reader
  * consumes it, input waits for credit before sending more.
  */
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { STREAM_WINDOW } from '../actors/vm/messages.js';
 
 /** Largest chunk sent in one `input` message. */
@@ -76,4 +77,83 @@ export class InputChannel {
     this.closed = true;
     for (const w of this.waiters.splice(0)) w();
   }
+}
+
+/** What `exec` needs of a started command (a SandboxProcess or a RemoteProcess). */
+export interface ExecutableProcess<R> {
+  stdin: Writable | null;
+  stdout: Readable;
+  stderr: Readable;
+  result: Promise<R>;
+}
+
+/**
+ * The second half of `exec`, shared by the in-process and the remote
+ * Sandbox: feeds stdin (then closes it), collects both streams under
+ * `maxOutputBytes`, waits for the result.
+ */
+export async function finishExec<R>(
+  proc: ExecutableProcess<R>,
+  opts: {
+    stdin?: string | Uint8Array | Readable;
+    maxOutputBytes: number;
+    onStdout?: (s: string) => void;
+    onStderr?: (s: string) => void;
+  },
+): Promise<R & { stdout: string; stderr: string; stdoutTruncated: boolean; stderrTruncated: boolean }> {
+  const { stdin } = opts;
+  if (stdin !== undefined && proc.stdin) {
+    // A command that stops reading its stdin ends the write with an error: the result tells.
+    proc.stdin.on('error', () => {});
+    if (typeof stdin === 'string' || stdin instanceof Uint8Array) proc.stdin.end(stdin);
+    else stdin.pipe(proc.stdin);
+  }
+  const [stdout, stderr, result] = await Promise.all([
+    collectOutput(proc.stdout, opts.maxOutputBytes, opts.onStdout),
+    collectOutput(proc.stderr, opts.maxOutputBytes, opts.onStderr),
+    proc.result,
+  ]);
+  return {
+    ...result,
+    stdout: stdout.text,
+    stderr: stderr.text,
+    stdoutTruncated: stdout.truncated,
+    stderrTruncated: stderr.truncated,
+  };
+}
+
+/**
+ * What `exec` collects of one stream: at most `maxBytes` kept (and whether
+ * more was cut), while `cb` receives every byte decoded as UTF-8 across chunk
+ * boundaries. Shared by the in-process and the remote Sandbox.
+ */
+export function collectOutput(
+  r: Readable,
+  maxBytes: number,
+  cb?: (s: string) => void,
+): Promise<{ text: string; truncated: boolean }> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let kept = 0;
+    let truncated = false;
+    const decoder = cb ? new StringDecoder('utf8') : undefined;
+    r.on('data', (d: Buffer) => {
+      if (kept < maxBytes) {
+        const take = Math.min(d.length, maxBytes - kept);
+        parts.push(take === d.length ? d : d.subarray(0, take));
+        kept += take;
+        if (take < d.length) truncated = true;
+      } else if (d.length > 0) truncated = true;
+      if (decoder) {
+        const text = decoder.write(d);
+        if (text) cb!(text);
+      }
+    });
+    r.once('end', () => {
+      const rest = decoder?.end();
+      if (rest) cb!(rest);
+      resolve({ text: Buffer.concat(parts).toString('utf8'), truncated });
+    });
+    r.once('error', reject);
+  });
 }

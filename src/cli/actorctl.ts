@@ -1,7 +1,11 @@
 /**
  * actorctl: the command line of actorvm. Most commands talk to a running
- * system over its control socket (--socket, default ~/.actorvm/run/actorvm.sock);
- * `demo` starts one of its own. Every command accepts --json.
+ * daemon (`actorctl serve`) over its HTTP API: on the control socket
+ * (--socket, default $ACTORVM_HOME/run/actorvm.sock) or, with --url, on TCP
+ * (the API key from ACTORVM_API_KEY). `run` and `demo` start a runtime of
+ * their own; `image` works on the local image store. Every command accepts
+ * --json: one JSON document on stdout, errors as {"error":{code,message}} on
+ * stderr.
  */
 import { Command, CommanderError } from 'commander';
 import { registerDemoCommand } from './commands/demo.js';
@@ -13,7 +17,8 @@ import { registerSystemCommands } from './commands/system.js';
 export function buildProgram(): Command {
   const program = new Command('actorctl')
     .description('inspect and drive an actorvm runtime')
-    .option('--socket <path>', 'control socket of the running system')
+    .option('--socket <path>', 'control socket of the running daemon')
+    .option('--url <url>', "the daemon's TCP address (http://host:port; API key in ACTORVM_API_KEY)")
     .option('--json', 'machine-readable output')
     .showHelpAfterError();
   registerSystemCommands(program);

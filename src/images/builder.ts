@@ -105,6 +105,8 @@ const DIRS: [string, number][] = [
   ['/etc', 0o755],
   ['/root', 0o700],
   ['/home', 0o755],
+  // E2B clients default to the user 'user' and its home; actorvm runs them as root there (docs/e2b.md).
+  ['/home/user', 0o755],
   ['/tmp', 0o1777],
   ['/var/tmp', 0o1777],
   ['/dev', 0o755],

@@ -3,9 +3,10 @@
  *
  * `HostMessage` is everything the host sends, `AgentMessage` everything the agent
  * sends, each a discriminated union on `type`. Hot frames (DATA, WINDOW, SIGNAL,
- * STARTED, EXIT, FILE_INFO) have fixed binary layouts; requests and replies with
- * optional or repeated fields are TLV (agent-tlv.ts). Bulk data is never encoded:
- * DATA payloads are the bytes themselves.
+ * STARTED, EXIT, FILE_INFO, RESIZE) have fixed binary layouts; requests and
+ * replies with optional or repeated fields are TLV (agent-tlv.ts). Bulk data is
+ * never encoded: DATA payloads are the bytes themselves, except a watch's,
+ * which are packed event records (decodeWatchEvents).
  */
 import { Channel, encodeHeader, FLAG_END, type Frame, FrameType, FramingError } from './agent-frame.js';
 import { readTlv, TlvWriter, tlvStr, tlvU8, tlvU32, tlvU64 } from './agent-tlv.js';
@@ -34,13 +35,15 @@ const RunTag = {
   STDIN: 6,
   TIMEOUT_MS: 7,
   CLEAR_ENV: 8,
+  PTY: 9,
 } as const;
-const PathTag = { PATH: 1, MODE: 2, SIZE: 3, NOFOLLOW: 4 } as const;
+const PathTag = { PATH: 1, MODE: 2, SIZE: 3, NOFOLLOW: 4, RECURSIVE: 5, TO: 6 } as const;
 const ShutdownTag = { ACTION: 1 } as const;
 const NetTag = { IFNAME: 1, MAC: 2, ADDR: 3, GATEWAY: 4, DNS: 5, HOSTNAME: 6, MTU: 7 } as const;
 const StatTag = { TYPE: 1, MODE: 2, SIZE: 3, MTIME_NS: 4, UID: 5, GID: 6, LINK: 7 } as const;
 const ListTag = { ENTRY: 1 } as const;
 const PutResultTag = { SIZE: 1 } as const;
+const WatchResultTag = { REASON: 1 } as const;
 
 const EXIT_TIMED_OUT = 0x01;
 const EXIT_CANCELLED = 0x02;
@@ -83,6 +86,14 @@ export interface RunRequest {
   stdin?: 'pipe' | 'closed';
   /** Agent-side timeout: SIGKILL to the whole process group. */
   timeoutMs?: number;
+  /** Run on a pseudo-terminal of this size (stdin streamed, stdout the terminal, no stderr). */
+  pty?: TerminalSize;
+}
+
+/** A terminal's size in character cells (each 1..65535 on the wire). */
+export interface TerminalSize {
+  cols: number;
+  rows: number;
 }
 
 export interface ExitStatus {
@@ -140,6 +151,33 @@ export interface NetConfig {
 
 export type ShutdownAction = 'poweroff' | 'reboot';
 
+/** What happened to a path under a watched directory. */
+export type WatchEventType = 'create' | 'write' | 'remove' | 'rename' | 'chmod';
+const WATCH_KINDS: (WatchEventType | 'overflow')[] = [
+  'overflow',
+  'create',
+  'write',
+  'remove',
+  'rename',
+  'chmod',
+];
+const WATCH_RECORD_HEADER = 4;
+const WATCH_F_DIR = 0x01;
+
+/** One record of a watch stream: an event, or the marker of a gap (events dropped). */
+export type WatchRecord =
+  | {
+      type: WatchEventType;
+      /** Path relative to the watched directory; '' is the directory itself. */
+      name: string;
+      isDir: boolean;
+    }
+  | { type: 'overflow' };
+
+/** Why a watch stream ended: the host closed it, or its directory was deleted or moved away. */
+export type WatchEndReason = 'closed' | 'deleted' | 'moved';
+const WATCH_END: WatchEndReason[] = ['closed', 'deleted', 'moved'];
+
 /* ---- host → agent ---- */
 
 export type HostMessage =
@@ -151,13 +189,17 @@ export type HostMessage =
   | { type: 'stat'; stream: number; path: string; noFollow?: boolean }
   | { type: 'list'; stream: number; path: string }
   | { type: 'mkdir'; stream: number; path: string; mode?: number }
+  | { type: 'remove'; stream: number; path: string; recursive?: boolean }
+  | { type: 'rename'; stream: number; path: string; to: string }
+  | { type: 'watch'; stream: number; path: string; recursive?: boolean }
   | { type: 'ping'; stream: number; payload?: Uint8Array }
   | { type: 'shutdown'; stream: number; action?: ShutdownAction }
   | { type: 'net_config'; stream: number; config: NetConfig }
   | { type: 'data'; stream: number; data: Uint8Array; end?: boolean }
   | { type: 'window'; stream: number; channel: number; increment: number }
   | { type: 'signal'; stream: number; signal: number }
-  | { type: 'cancel'; stream: number };
+  | { type: 'cancel'; stream: number }
+  | { type: 'resize'; stream: number; cols: number; rows: number };
 
 export function encodeRunRequest(r: RunRequest): Buffer {
   const w = new TlvWriter();
@@ -181,7 +223,19 @@ export function encodeRunRequest(r: RunRequest): Buffer {
   if (r.timeoutMs !== undefined && r.timeoutMs > 0) {
     w.u32(RunTag.TIMEOUT_MS, Math.min(Math.ceil(r.timeoutMs), 0xffffffff));
   }
+  if (r.pty) w.bytes(RunTag.PTY, encodeTerminalSize(r.pty));
   return w.finish();
+}
+
+/** u16 columns, u16 rows: RUN's pty field and the RESIZE payload. */
+export function encodeTerminalSize(size: TerminalSize): Buffer {
+  const { cols, rows } = size;
+  const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 0xffff;
+  if (!ok(cols) || !ok(rows)) throw new TypeError(`bad terminal size ${cols}x${rows}`);
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt16BE(cols, 0);
+  b.writeUInt16BE(rows, 2);
+  return b;
 }
 
 function encodePath(path: string, extra?: (w: TlvWriter) => void): Buffer {
@@ -251,6 +305,28 @@ export function encodeHostMessage(m: HostMessage): Buffer[] {
           if (m.mode !== undefined) w.u32(PathTag.MODE, m.mode);
         }),
       );
+    case 'remove':
+      return frame(
+        FrameType.REMOVE,
+        m.stream,
+        encodePath(m.path, (w) => {
+          if (m.recursive) w.u8(PathTag.RECURSIVE, 1);
+        }),
+      );
+    case 'rename':
+      return frame(
+        FrameType.RENAME,
+        m.stream,
+        encodePath(m.path, (w) => w.str(PathTag.TO, m.to)),
+      );
+    case 'watch':
+      return frame(
+        FrameType.WATCH,
+        m.stream,
+        encodePath(m.path, (w) => {
+          if (m.recursive) w.u8(PathTag.RECURSIVE, 1);
+        }),
+      );
     case 'ping':
       return frame(FrameType.PING, m.stream, m.payload ?? Buffer.alloc(0));
     case 'shutdown':
@@ -269,6 +345,8 @@ export function encodeHostMessage(m: HostMessage): Buffer[] {
       return frame(FrameType.SIGNAL, m.stream, u32(m.signal));
     case 'cancel':
       return frame(FrameType.CANCEL, m.stream, Buffer.alloc(0));
+    case 'resize':
+      return frame(FrameType.RESIZE, m.stream, encodeTerminalSize(m));
   }
 }
 
@@ -279,6 +357,7 @@ export type AgentMessage =
   | { type: 'error'; stream: number; error: RemoteErrorInfo }
   | { type: 'data'; stream: number; channel: number; end: boolean; data: Buffer }
   | { type: 'window'; stream: number; channel: number; increment: number }
+  /** A run started (`pid`); for a watch, it is armed and `pid` is the number of directories watched. */
   | { type: 'started'; stream: number; pid: number }
   | { type: 'exit'; stream: number; exit: ExitStatus }
   | { type: 'file_info'; stream: number; info: FileInfo }
@@ -418,6 +497,52 @@ export function decodeList(payload: Buffer): AgentDirEntry[] {
     });
   }
   return out;
+}
+
+/**
+ * A watch stream's DATA payload: records of u8 kind, u8 flags (bit 0: a
+ * directory), u16 length, the path. The agent sends whole records only.
+ */
+export function decodeWatchEvents(payload: Buffer): WatchRecord[] {
+  const out: WatchRecord[] = [];
+  let off = 0;
+  while (off < payload.length) {
+    need(payload.length - off >= WATCH_RECORD_HEADER, 'watch event');
+    const kind = payload.readUInt8(off);
+    const flags = payload.readUInt8(off + 1);
+    const len = payload.readUInt16BE(off + 2);
+    need(payload.length - off - WATCH_RECORD_HEADER >= len, 'watch event');
+    const type = WATCH_KINDS[kind];
+    const name = payload.toString('utf8', off + WATCH_RECORD_HEADER, off + WATCH_RECORD_HEADER + len);
+    off += WATCH_RECORD_HEADER + len;
+    if (type === undefined) continue; // a kind from a newer agent
+    out.push(type === 'overflow' ? { type } : { type, name, isDir: (flags & WATCH_F_DIR) !== 0 });
+  }
+  return out;
+}
+
+/** The inverse of decodeWatchEvents (tests, and relays that re-frame records). */
+export function encodeWatchEvents(records: readonly WatchRecord[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const r of records) {
+    const name = r.type === 'overflow' ? Buffer.alloc(0) : Buffer.from(r.name, 'utf8');
+    if (name.length > 0xffff) throw new TypeError('watch event path too long');
+    const head = Buffer.allocUnsafe(WATCH_RECORD_HEADER);
+    head.writeUInt8(WATCH_KINDS.indexOf(r.type), 0);
+    head.writeUInt8(r.type !== 'overflow' && r.isDir ? WATCH_F_DIR : 0, 1);
+    head.writeUInt16BE(name.length, 2);
+    parts.push(head, name);
+  }
+  return Buffer.concat(parts);
+}
+
+/** A watch's RESULT: why it ended. */
+export function decodeWatchEnd(payload: Buffer): WatchEndReason {
+  let reason: WatchEndReason = 'closed';
+  for (const { tag, value } of readTlv(payload)) {
+    if (tag === WatchResultTag.REASON) reason = WATCH_END[tlvU8(value)] ?? 'closed';
+  }
+  return reason;
 }
 
 export function decodePutResult(payload: Buffer): { size: number } {

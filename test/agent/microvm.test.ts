@@ -23,7 +23,7 @@ function buildInitramfs(dir: string): string {
   for (const d of ['bin', 'lib/modules', 'etc', 'dev']) mkdirSync(join(root, d), { recursive: true });
   copyFileSync(agentBinaryPath(), join(root, 'init'));
   copyFileSync('/bin/busybox', join(root, 'bin/busybox'));
-  for (const tool of ['sh', 'cat', 'ip', 'hostname', 'mount', 'sleep', 'ls'])
+  for (const tool of ['sh', 'cat', 'ip', 'hostname', 'mount', 'sleep', 'ls', 'tty', 'stty'])
     symlinkSync('busybox', join(root, 'bin', tool));
   for (const [i, path] of resolveModules(kernel!).entries())
     copyFileSync(path, join(root, 'lib/modules', `${GUEST_MODULES[i]}.ko`));
@@ -110,6 +110,9 @@ describe.skipIf(!available)('agent as /init of a microVM', () => {
         const r = await second.exec({ shell: `test -e /proc/${pid} && echo alive || echo gone` });
         return r.stdout.toString() === 'gone\n';
       });
+      // The devpts PID 1 mounted serves terminals.
+      const term = await second.exec({ shell: 'tty; stty size' }, { pty: { cols: 100, rows: 30 } });
+      expect(term.stdout.toString()).toMatch(/^\/dev\/pts\/\d+\r\n30 100\r\n$/);
       const data = Buffer.alloc(3 << 20, 0x5a);
       await second.putFile('/tmp/blob', data);
       expect((await second.readFile('/tmp/blob')).equals(data)).toBe(true);

@@ -40,6 +40,7 @@ static void decode_payload(const struct avm_frame *f)
 				sink += strlen(r.shell);
 			if (r.cwd)
 				sink += strlen(r.cwd);
+			sink += r.pty ? (size_t)r.cols * r.rows : 0;
 			avm_run_req_free(&r);
 		}
 		break;
@@ -48,10 +49,13 @@ static void decode_payload(const struct avm_frame *f)
 	case T_GET_FILE:
 	case T_STAT:
 	case T_LIST:
-	case T_MKDIR: {
+	case T_MKDIR:
+	case T_REMOVE:
+	case T_RENAME:
+	case T_WATCH: {
 		struct path_req r;
 		if (avm_decode_path_req(f->payload, f->len, &r, &why) == 0)
-			sink += strlen(r.path) + r.mode + (size_t)r.size;
+			sink += strlen(r.path) + strlen(r.to) + r.mode + (size_t)r.size + r.recursive;
 		break;
 	}
 	case T_NET_CONFIG: {
@@ -70,6 +74,10 @@ static void decode_payload(const struct avm_frame *f)
 	case T_SIGNAL:
 		if (f->len == 4)
 			sink += avm_be32(f->payload);
+		break;
+	case T_RESIZE:
+		if (f->len == 4)
+			sink += (size_t)avm_be16(f->payload) * avm_be16(f->payload + 2);
 		break;
 	default:
 		walk_tlv(f->payload, f->len);

@@ -5,11 +5,9 @@
  * `actorctl flows`.
  */
 import { EventEmitter } from 'node:events';
-import { z } from 'zod';
 import type { ActorAddress } from '../../runtime/actor.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { ActorSystem } from '../../runtime/actor-system.js';
-import type { ControlServer } from '../../runtime/control-server.js';
 import { eligibleWorkers } from '../../runtime/placement.js';
 import type { NetConfig } from './config.js';
 import type { FlowInfo } from './flow-base.js';
@@ -184,17 +182,5 @@ export class NetworkService extends EventEmitter {
   async stats(): Promise<Record<string, unknown>[]> {
     const all = await Promise.all(this.shards.map((s) => s.ask({ type: 'stats' })));
     return all.map((s) => JSON.parse(s) as Record<string, unknown>);
-  }
-
-  /** `flows` and `net.stats` on the control socket. */
-  registerControl(server: ControlServer): void {
-    server.register('flows', {
-      params: z.object({ sandbox: z.number().int().nonnegative().optional() }),
-      handle: ({ sandbox }) => this.flows(sandbox ?? 0),
-    });
-    server.register('net.stats', {
-      params: z.object({}),
-      handle: () => this.stats(),
-    });
   }
 }

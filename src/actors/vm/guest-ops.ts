@@ -1,36 +1,51 @@
 /**
  * The guest operations a VM actor runs through its agent on behalf of the
- * main thread — commands, file writes, file reads — with their bytes streamed
- * over the rings under a credit window each way (see messages.ts), so neither
- * a slow reader on the main thread nor a slow guest can make the other side
- * buffer without bound.
+ * main thread — commands (on pipes or a pty), file writes, file reads,
+ * directory watches — with their bytes streamed over the rings under a credit
+ * window each way (see messages.ts), so neither a slow reader on the main
+ * thread nor a slow guest can make the other side buffer without bound.
+ *
+ * A watch's events are re-packed into records (one `out` per burst, a burst
+ * being what arrived in one tick) and paced by the same window: while the
+ * main thread is behind, the agent watch gets no credit back, and the agent's
+ * bounded queue drops and reports the gap instead of anything growing here.
  */
 import { PassThrough, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { AgentClient } from '../../agent/client.js';
 import type { AgentProcess } from '../../agent/process.js';
+import type { AgentWatch } from '../../agent/watch.js';
+import { encodeWatchEvents, type WatchRecord } from '../../protocol/agent-messages.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import {
   type ExecRequest,
   OUT_FILE,
   OUT_STDERR,
   OUT_STDOUT,
+  OUT_WATCH,
   type SinkMessage,
   STREAM_WINDOW,
 } from './messages.js';
 
 type Sink = ActorRef<SinkMessage, void>;
 
+/** What the window pauses: a Readable, or an agent watch (which then withholds credit). */
+interface Pausable {
+  pause(): unknown;
+  resume(): unknown;
+}
+
 /** One running operation: where its input goes and how its output is paced. */
 interface Op {
   /** Output bytes sent to the main thread and not yet acknowledged. */
   unacked: number;
   /** Output sources to pause while the window is full. */
-  sources: Readable[];
+  sources: Pausable[];
   paused: boolean;
   /** Where `input` bytes go (stdin or the put's content), if anywhere. */
   input?: NodeJS.WritableStream & { writableNeedDrain?: boolean };
   proc?: AgentProcess;
+  watch?: AgentWatch;
   /** Input bytes accepted while the destination was full, credited on its 'drain'. */
   owedCredit: number;
   drainArmed: boolean;
@@ -64,6 +79,7 @@ export class GuestOps {
       cwd: req.cwd,
       timeoutMs: req.timeoutMs,
       stdin: req.stdin ? 'pipe' : 'closed',
+      pty: req.pty,
     });
     const op = this.open(id, { unacked: 0, sources: [proc.stdout, proc.stderr], paused: false, proc });
     if (proc.stdin) op.input = proc.stdin;
@@ -115,6 +131,44 @@ export class GuestOps {
     );
   }
 
+  /** Watches a directory; events go to the sink as OUT_WATCH records. */
+  watch(id: number, path: string, recursive: boolean): void {
+    const op = this.open(id, { unacked: 0, sources: [], paused: false });
+    this.agent.watch(path, { recursive }).then(
+      (w) => {
+        if (!this.ops.has(id)) {
+          void w.close(); // ended (the VM is going away) while arming
+          return;
+        }
+        op.watch = w;
+        op.sources.push(w);
+        this.sink.tell({ type: 'started', id, info: JSON.stringify({ directories: w.directories }) });
+        let burst: WatchRecord[] = [];
+        const flush = (): void => {
+          const data = encodeWatchEvents(burst);
+          burst = [];
+          op.unacked += data.length;
+          this.sink.tell({ type: 'out', id, channel: OUT_WATCH, data });
+          if (op.unacked >= STREAM_WINDOW && !op.paused) {
+            op.paused = true;
+            w.pause();
+          }
+        };
+        const add = (r: WatchRecord): void => {
+          if (burst.length === 0) process.nextTick(flush);
+          burst.push(r);
+        };
+        w.on('event', add);
+        w.on('overflow', () => add({ type: 'overflow' }));
+        w.ended.then(
+          (reason) => process.nextTick(() => this.finish(id, JSON.stringify({ reason }))),
+          (err) => process.nextTick(() => this.finish(id, errorJson(err))),
+        );
+      },
+      (err) => this.finish(id, errorJson(err)),
+    );
+  }
+
   /** Input bytes (a ring view: copied before it is kept). */
   input(id: number, data: Uint8Array, end: boolean): void {
     const op = this.ops.get(id);
@@ -160,8 +214,20 @@ export class GuestOps {
     }
   }
 
+  /** A new terminal size for a pty command; a refused one is logged, the command left alone. */
+  resize(id: number, cols: number, rows: number): void {
+    try {
+      this.ops.get(id)?.proc?.resize(cols, rows);
+    } catch (err) {
+      this.log.warn({ event: 'vm.bad_resize', id, cols, rows, err }, 'resize refused');
+    }
+  }
+
+  /** Kills a command; closes a watch. */
   cancel(id: number): void {
-    this.ops.get(id)?.proc?.cancel();
+    const op = this.ops.get(id);
+    op?.proc?.cancel();
+    if (op?.watch) void op.watch.close();
   }
 
   /** Ends operation `id` with `err` (it could not start: a request the agent client refused). */
@@ -172,7 +238,10 @@ export class GuestOps {
 
   /** The VM is going away: every operation ends with this error. */
   abortAll(err: unknown): void {
-    for (const id of [...this.ops.keys()]) this.finish(id, errorJson(err));
+    for (const [id, op] of [...this.ops]) {
+      if (op.watch) void op.watch.close();
+      this.finish(id, errorJson(err));
+    }
   }
 
   private open(id: number, fields: Omit<Op, 'owedCredit' | 'drainArmed'>): Op {

@@ -2,18 +2,19 @@
  * Messages of a VM actor, and of the sink on the main thread that receives
  * what a VM actor streams back.
  *
- * Guest operations (exec, put, get) are identified by an id the main thread
- * assigns. Bulk data moves as bytes in both directions with a credit window
+ * Guest operations (exec, put, get, watch) are identified by an id the main
+ * thread assigns. Bulk data moves as bytes in both directions with a credit window
  * each way, so a slow consumer on either side bounds the other's memory:
  *
  *   main → VM   `input` chunks (stdin, file content); the VM actor returns
  *               `credit` as the agent takes them.
- *   VM → main   `out` chunks (stdout/stderr, file content); the main thread
- *               returns `ack` as its reader consumes them.
+ *   VM → main   `out` chunks (stdout/stderr, file content, watch event
+ *               records); the main thread returns `ack` as its reader
+ *               consumes them.
  *
  * Control replies and results are JSON strings (control plane).
  */
-import { bool, bytes, f64, type Infer, str, struct, u8, u32, union } from '../../protocol/codec.js';
+import { bool, bytes, f64, type Infer, str, struct, u8, u16, u32, union } from '../../protocol/codec.js';
 import { guestLinkVariants } from '../net/messages.js';
 
 /** Unacknowledged bytes allowed in flight per operation and direction. */
@@ -22,6 +23,8 @@ export const STREAM_WINDOW = 1 << 20;
 export const OUT_STDOUT = 1;
 export const OUT_STDERR = 2;
 export const OUT_FILE = 3;
+/** Packed watch event records (src/protocol/agent-messages.ts, encodeWatchEvents). */
+export const OUT_WATCH = 4;
 
 export const VmMessages = union({
   // Must stay first: shards send frames with the guest-link codec.
@@ -47,6 +50,18 @@ export const VmMessages = union({
   fs: struct({ op: str, path: str, mode: u32 }),
   /** Replies the last `bytes` of the console. */
   logs: struct({ bytes: u32 }),
+  /** A new terminal size for an exec started with a pty (the API checked it). */
+  resize: struct({ id: u32, cols: u16, rows: u16 }),
+  /**
+   * Starts watching a directory; `started` (JSON {directories}) once armed,
+   * events stream to the sink as `out` on OUT_WATCH, `cancel` ends it, `done`
+   * (JSON {reason}) says why it ended.
+   */
+  watch: struct({ id: u32, path: str, recursive: bool }),
+  /** unlink / rmdir / the whole tree; replies '{}'. */
+  remove: struct({ path: str, recursive: bool }),
+  /** rename(2); replies '{}'. */
+  rename: struct({ from: str, to: str }),
 });
 
 export const SinkMessages = union({
@@ -68,6 +83,8 @@ export interface ExecRequest {
   cwd?: string;
   timeoutMs?: number;
   stdin: boolean;
+  /** Run on a pseudo-terminal of this size (stdin is then always piped). */
+  pty?: { cols: number; rows: number };
 }
 
 export type VmState = 'booting' | 'ready' | 'busy' | 'stopping' | 'stopped' | 'failed';

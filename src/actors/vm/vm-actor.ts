@@ -217,6 +217,12 @@ class VmActor implements Actor<VmMessage, string> {
       case 'fs':
         void this.fsOp(msg.op, msg.path, msg.mode, reply);
         return;
+      case 'remove':
+        void this.agentOp(reply, (agent) => agent.remove(msg.path, { recursive: msg.recursive }));
+        return;
+      case 'rename':
+        void this.agentOp(reply, (agent) => agent.rename(msg.from, msg.to));
+        return;
     }
     const ops = this.ops;
     if (!ops) {
@@ -266,6 +272,27 @@ class VmActor implements Actor<VmMessage, string> {
       case 'get':
         ops.get(msg.id, msg.path);
         return;
+      case 'resize':
+        ops.resize(msg.id, msg.cols, msg.rows);
+        return;
+      case 'watch':
+        ops.watch(msg.id, msg.path, msg.recursive);
+        return;
+    }
+  }
+
+  /** A file operation with no result but success: replies '{}' or the error. */
+  private async agentOp(reply: Reply<string>, run: (agent: AgentClient) => Promise<void>): Promise<void> {
+    const agent = this.agent;
+    if (!agent) {
+      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
+      return;
+    }
+    try {
+      await run(agent);
+      reply('{}');
+    } catch (err) {
+      reply.error(err);
     }
   }
 

@@ -17,10 +17,9 @@ import type { Command } from 'commander';
 import DemoEcho from '../../actors/demo/echo.js';
 import DemoPinger from '../../actors/demo/pinger.js';
 import { type BackendChoice, Runtime } from '../../api/runtime.js';
+import { Daemon } from '../../daemon/server.js';
 import { ActorSystem } from '../../runtime/actor-system.js';
-import { ControlServer } from '../../runtime/control-server.js';
 import { defaultLogFile, defaultSocketPath } from '../../runtime/paths.js';
-import { registerSystemMethods } from '../../runtime/system-control.js';
 import type { GlobalOptions } from '../context.js';
 import { printJson, printTable } from '../output.js';
 import { printActors, printRings } from './system.js';
@@ -74,10 +73,17 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
 
   const rt = await time(
     'start runtime (workers, flow shards)',
-    () => Runtime.start({ control: opts.socket ?? true, backend: opts.backend }),
-    (r) => `${r.system.workers} workers, control socket ${r.control?.path}`,
+    () => Runtime.start({ backend: opts.backend }),
+    (r) => `${r.system.workers} workers`,
   );
+  let daemon: Daemon | undefined;
   try {
+    const socket = opts.socket ?? defaultSocketPath();
+    daemon = await time(
+      'serve its HTTP API on the control socket',
+      () => Daemon.start({ runtime: rt, socket, log: rt.system.log }),
+      () => socket,
+    );
     say('');
     const sbx = await time(
       'create sandbox on image "base"',
@@ -177,6 +183,7 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
       () => 'stopped, run files removed',
     );
   } finally {
+    await daemon?.close();
     await rt.stop();
     web.close();
   }
@@ -201,9 +208,6 @@ async function runActorDemo(opts: DemoOptions): Promise<void> {
     log: { file: defaultLogFile() },
     name: 'demo',
   });
-  const control = new ControlServer(opts.socket ?? defaultSocketPath(), system.log);
-  registerSystemMethods(control, system);
-  await control.listen();
   try {
     const echo = await system.spawn(DemoEcho, {}, { name: 'echo' });
     const pingers = await Promise.all(
@@ -228,9 +232,9 @@ async function runActorDemo(opts: DemoOptions): Promise<void> {
     }
     const actors = await system.list();
     const rings = system.ringStats().filter((r) => r.records > 0);
-    if (opts.json) printJson({ control: control.path, runs, actors, rings });
+    if (opts.json) printJson({ runs, actors, rings });
     else {
-      process.stdout.write(`actor system with ${system.workers} workers; control socket ${control.path}\n\n`);
+      process.stdout.write(`actor system with ${system.workers} workers\n\n`);
       printTable(
         ['WORKLOAD', 'PINGERS', 'ROUND TRIPS', 'ELAPSED ms', 'ROUND TRIPS/s'],
         runs.map((r) => [r.workload, r.pingers, r.roundTrips, r.elapsedMs, r.roundTripsPerSec]),
@@ -239,11 +243,10 @@ async function runActorDemo(opts: DemoOptions): Promise<void> {
       printRings(rings);
     }
     if (opts.hold) {
-      process.stdout.write(`\nholding; try: actorctl ps --socket ${control.path}   (Ctrl-C to stop)\n`);
+      process.stdout.write('\nholding (Ctrl-C to stop)\n');
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
     }
   } finally {
-    await control.close();
     await system.shutdown();
   }
 }

@@ -1,6 +1,8 @@
 /**
  * `actorctl image build | ls | rm`: the local image store. Images are files
- * under $ACTORVM_HOME/images, so these commands work without a running system.
+ * under $ACTORVM_HOME/images, so these commands work without a running
+ * daemon. `image ls --socket P` (or --url) lists the daemon's store instead,
+ * which is the one its sandboxes boot from when its ACTORVM_HOME differs.
  */
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
@@ -10,6 +12,7 @@ import { ImageError, ImageErrorCode } from '../../images/errors.js';
 import type { BuiltImage } from '../../images/layout.js';
 import { BASE_IMAGE_NAME, type ImageFileSpec, type ImageSpec } from '../../images/spec.js';
 import { ImageStore } from '../../images/store.js';
+import { type GlobalOptions, withClient } from '../context.js';
 import { formatBytes, printJson, printTable } from '../output.js';
 
 export interface ImageCommandOptions {
@@ -159,8 +162,12 @@ export function registerImageCommands(program: Command, opts: ImageCommandOption
     .description('list built images')
     .option('--json', 'machine-readable output')
     .action(async (_flags: unknown, cmd: Command) => {
-      const json = Boolean(cmd.optsWithGlobals<{ json?: boolean }>().json);
-      const images = await new ImageStore({ home: opts.home }).list();
+      const g = cmd.optsWithGlobals<GlobalOptions>();
+      const json = Boolean(g.json);
+      const images =
+        g.socket || g.url
+          ? ((await withClient(g, (rt) => rt.images())) as unknown as Awaited<ReturnType<ImageStore['list']>>)
+          : await new ImageStore({ home: opts.home }).list();
       if (json) {
         printJson(images.map((i) => ({ ...summary(i), names: i.names })));
         return;

@@ -1,6 +1,7 @@
 /** `actorctl flows`: the NAT's flows, live. */
 import type { Command } from 'commander';
 import type { FlowRow } from '../../actors/net/network-service.js';
+import { ActorvmError } from '../../errors.js';
 import { type GlobalOptions, withClient } from '../context.js';
 import { formatBytes, printJson, printTable } from '../output.js';
 
@@ -11,8 +12,14 @@ export function registerNetCommands(program: Command): void {
     .option('--sandbox <id>', 'only this sandbox')
     .action(async (_o, cmd: Command) => {
       const opts = cmd.optsWithGlobals<GlobalOptions & { sandbox?: string }>();
-      const params = opts.sandbox ? { sandbox: Number(opts.sandbox) } : {};
-      const flows = await withClient(opts, (c) => c.call<FlowRow[]>('flows', params));
+      const sandbox = opts.sandbox === undefined ? undefined : Number(opts.sandbox);
+      if (sandbox !== undefined && !Number.isInteger(sandbox)) {
+        throw new ActorvmError(
+          'ERR_CLI_BAD_OPTION',
+          `--sandbox takes a sandbox number, got '${opts.sandbox}'`,
+        );
+      }
+      const flows: FlowRow[] = await withClient(opts, (rt) => rt.flows(sandbox));
       if (opts.json) {
         printJson(flows);
         return;

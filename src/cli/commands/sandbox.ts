@@ -1,14 +1,25 @@
 /**
  * Sandbox commands: `actorctl run` (one-shot, in-process), `actorctl serve`
- * (a runtime daemon with the control socket), and `actorctl vm …` (against a
- * running daemon).
+ * (the daemon: a runtime and its HTTP API), and `actorctl vm …` (against a
+ * running daemon, over its HTTP API).
+ *
+ * Interactive commands (`run -i/-t`, `vm exec -i/-t`, `vm shell`) share one
+ * terminal session (attachTerminal): our stdin forwarded to the command
+ * (EOF closes its stdin, or sends ^D to a terminal), its output to ours with
+ * backpressure, and with a PTY our terminal in raw mode, its size sent at
+ * start (--cols/--rows, else ours) and again on every SIGWINCH, and the
+ * terminal restored however the session ends. Without raw mode, ^C sends the
+ * command SIGTERM (a second one SIGKILL) and actorctl exits with its status.
  */
+import type { Readable, Writable } from 'node:stream';
 import type { Command } from 'commander';
 import type { ProcessResult } from '../../api/process.js';
+import type { RemoteSandbox, SandboxSummary } from '../../api/remote/index.js';
 import { type BackendChoice, Runtime, type SandboxOptions } from '../../api/runtime.js';
 import { ActorvmError } from '../../errors.js';
 import { type GlobalOptions, withClient } from '../context.js';
-import { printJson, printTable } from '../output.js';
+import { formatDuration, printJson, printTable } from '../output.js';
+import { serve } from './serve.js';
 
 const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
 
@@ -23,6 +34,13 @@ interface RunOptions extends GlobalOptions {
   memory?: string;
   /** commander's --no-dns sets this false. */
   dns?: boolean;
+}
+
+interface TerminalFlags {
+  interactive?: boolean;
+  tty?: boolean;
+  cols?: string;
+  rows?: string;
 }
 
 /** Exit status a shell would report for a command result. */
@@ -42,6 +60,36 @@ export function exitStatus(r: ProcessResult): number {
   )[r.signal ?? ''];
   return 128 + (n ?? 0);
 }
+
+const badOption = (message: string) => new ActorvmError('ERR_CLI_BAD_OPTION', message);
+
+/** An integer flag within bounds, or undefined when absent. Throws ERR_CLI_BAD_OPTION. */
+function intFlag(flag: string, v: string | undefined, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw badOption(`--${flag} takes an integer ${min}..${max}, got '${v}'`);
+  }
+  return n;
+}
+
+/** `K=V` flags as a record. Throws ERR_CLI_BAD_OPTION. */
+function pairs(flag: string, list: string[] | undefined): Record<string, string> | undefined {
+  if (!list?.length) return undefined;
+  const out: Record<string, string> = {};
+  for (const item of list) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw badOption(`--${flag} takes KEY=VALUE, got '${item}'`);
+    out[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  return out;
+}
+
+/** A sandbox argument: its number or its key. */
+const sandboxRef = (id: string): number | string => (/^\d+$/.test(id) ? Number(id) : id);
+
+/** One argument runs through /bin/sh -c; more are an argv. */
+const commandOf = (cmd: string[]): string | string[] => (cmd.length === 1 ? cmd[0] : cmd);
 
 function parseExpose(spec: string): { guestPort: number; hostPort?: number } {
   const [g, h] = spec.split(':').map(Number);
@@ -70,6 +118,137 @@ export function sandboxOptions(opts: RunOptions): SandboxOptions {
   };
 }
 
+// ---- the terminal session ----
+
+/** What a terminal session drives: an in-process SandboxProcess or a RemoteProcess. */
+interface Attachable {
+  stdout: Readable;
+  stderr: Readable;
+  stdin: Writable | null;
+  result: Promise<ProcessResult>;
+  resize(size: { cols: number; rows: number }): Promise<void>;
+  signal(signal: string): Promise<void>;
+  cancel(): void;
+}
+
+/** The size a PTY starts with: the flags, else our terminal's, else 80x24. */
+export function terminalSize(f: TerminalFlags): { cols: number; rows: number } {
+  const out = process.stdout;
+  const [tc, tr] = out.isTTY ? out.getWindowSize() : [0, 0];
+  return {
+    cols: intFlag('cols', f.cols, 1, 1000) ?? (tc > 0 ? Math.min(tc, 1000) : 80),
+    rows: intFlag('rows', f.rows, 1, 1000) ?? (tr > 0 ? Math.min(tr, 1000) : 24),
+  };
+}
+
+/**
+ * Connects a command to this process's terminal until it ends: output to
+ * stdout/stderr (or collected, for --json), stdin forwarded when `input`,
+ * raw mode and SIGWINCH-driven resizes when `pty`. Resolves with the result
+ * once all output was written.
+ */
+async function attachTerminal(
+  proc: Attachable,
+  opts: { pty: boolean; input: boolean; collect?: boolean },
+): Promise<{ result: ProcessResult; stdout: string; stderr: string }> {
+  const stdin = process.stdin;
+  const raw = opts.pty && opts.input && stdin.isTTY === true;
+  const restore = () => {
+    if (raw && stdin.isTTY) stdin.setRawMode(false);
+  };
+  const collected = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+  const drained = (from: Readable, to: NodeJS.WriteStream, parts: Buffer[]) =>
+    new Promise<void>((resolve) => {
+      if (opts.collect) from.on('data', (d: Buffer) => parts.push(d));
+      else from.pipe(to, { end: false });
+      from.once('end', resolve);
+      from.once('error', () => resolve());
+    });
+  const onWinch = () => {
+    if (!process.stdout.isTTY) return;
+    const [cols, rows] = process.stdout.getWindowSize();
+    if (cols > 0 && rows > 0)
+      void proc.resize({ cols: Math.min(cols, 1000), rows: Math.min(rows, 1000) }).catch(() => {});
+  };
+  const target = proc.stdin;
+  const onData = (d: Buffer) => {
+    if (target && !target.write(d)) {
+      stdin.pause();
+      target.once('drain', () => stdin.resume());
+    }
+  };
+  const onEnd = () => {
+    if (!target) return;
+    // A terminal's EOF is ^D; a pipe's is closing it.
+    if (opts.pty) target.write(Buffer.from([4]));
+    else target.end();
+  };
+  // Without raw mode ^C reaches us, not the command: the first asks it to stop, the second kills it.
+  let interrupts = 0;
+  const onSigint = () => {
+    if (++interrupts === 1) void proc.signal('SIGTERM').catch(() => {});
+    else proc.cancel();
+  };
+  process.once('exit', restore);
+  process.on('SIGINT', onSigint);
+  try {
+    if (raw) stdin.setRawMode(true);
+    if (opts.pty) process.on('SIGWINCH', onWinch);
+    if (opts.input && target) {
+      target.on('error', () => {}); // the command stopped reading: its result tells
+      stdin.on('data', onData);
+      stdin.once('end', onEnd);
+      stdin.resume();
+    }
+    const [result] = await Promise.all([
+      proc.result,
+      drained(proc.stdout, process.stdout, collected.stdout),
+      drained(proc.stderr, process.stderr, collected.stderr),
+    ]);
+    return {
+      result,
+      stdout: Buffer.concat(collected.stdout).toString('utf8'),
+      stderr: Buffer.concat(collected.stderr).toString('utf8'),
+    };
+  } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGWINCH', onWinch);
+    stdin.off('data', onData);
+    stdin.off('end', onEnd);
+    if (opts.input) stdin.pause();
+    restore();
+    process.off('exit', restore);
+  }
+}
+
+// ---- vm ls ----
+
+function remainingMs(s: SandboxSummary, now = Date.now()): number | null {
+  return s.endAt ? Math.max(0, Date.parse(s.endAt) - now) : null;
+}
+
+function printSandboxes(list: SandboxSummary[]): void {
+  printTable(
+    ['ID', 'KEY', 'IMAGE', 'BACKEND', 'STATE', 'PID', 'BOOT ms', 'METADATA', 'REMAINING'],
+    list.map((s) => {
+      const left = remainingMs(s);
+      return [
+        s.id,
+        s.sandboxId,
+        s.image,
+        s.backend,
+        s.state,
+        s.pid,
+        s.bootMs,
+        Object.entries(s.metadata)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(' '),
+        left === null ? '-' : formatDuration(left),
+      ];
+    }),
+  );
+}
+
 export function registerSandboxCommands(program: Command): void {
   program
     .command('run')
@@ -89,9 +268,15 @@ export function registerSandboxCommands(program: Command): void {
       collect,
     )
     .option('--timeout <ms>', 'kill the command after this long')
+    .option('-i, --interactive', 'forward our stdin to the command (EOF closes its stdin)')
+    .option('-t, --tty', 'run the command on a pseudo-terminal (raw mode, resized with ours)')
+    .option('--cols <n>', 'terminal width with -t (default: ours, else 80)')
+    .option('--rows <n>', 'terminal height with -t (default: ours, else 24)')
     .argument('<cmd...>', 'command (after --); one argument runs through /bin/sh -c')
     .action(async (cmd: string[], _o, c: Command) => {
-      const opts = c.optsWithGlobals<RunOptions>();
+      const opts = c.optsWithGlobals<RunOptions & TerminalFlags>();
+      const timeoutMs = intFlag('timeout', opts.timeout, 1, 86_400_000);
+      const pty = opts.tty ? terminalSize(opts) : undefined;
       const rt = await Runtime.start({ log: { level: 'warn' } });
       try {
         const t0 = performance.now();
@@ -105,14 +290,16 @@ export function registerSandboxCommands(program: Command): void {
           if (!opts.json)
             process.stderr.write(`actorctl: guest port ${e.guestPort} is at ${x.host}:${x.port}\n`);
         }
-        const p = sbx.spawn(cmd.length === 1 ? cmd[0] : cmd, {
-          timeoutMs: opts.timeout ? Number(opts.timeout) : undefined,
+        const p = sbx.spawn(commandOf(cmd), {
+          timeoutMs,
+          stdin: opts.interactive ? 'pipe' : 'closed',
+          ...(pty ? { pty } : {}),
         });
-        const out: Buffer[] = [];
-        const err: Buffer[] = [];
-        p.stdout.on('data', (d: Buffer) => (opts.json ? out.push(d) : process.stdout.write(d)));
-        p.stderr.on('data', (d: Buffer) => (opts.json ? err.push(d) : process.stderr.write(d)));
-        const result = await p.result;
+        const { result, stdout, stderr } = await attachTerminal(p, {
+          pty: pty !== undefined,
+          input: Boolean(opts.interactive),
+          collect: opts.json,
+        });
         if (opts.json) {
           printJson({
             sandbox: sbx.id,
@@ -120,8 +307,8 @@ export function registerSandboxCommands(program: Command): void {
             bootMs: Math.round(booted),
             exposed,
             ...result,
-            stdout: Buffer.concat(out).toString('utf8'),
-            stderr: Buffer.concat(err).toString('utf8'),
+            stdout,
+            stderr,
           });
         }
         process.exitCode = exitStatus(result);
@@ -132,97 +319,203 @@ export function registerSandboxCommands(program: Command): void {
 
   program
     .command('serve')
-    .description('run a runtime with its control socket until interrupted (for actorctl vm/ps/flows)')
+    .description(
+      'run the daemon: a runtime and its HTTP API (native, E2B-compatible) on the control socket, optionally on loopback TCP',
+    )
     .option('--backend <kind>', 'default backend: qemu | namespace | auto', 'auto')
+    .option('--listen <host:port>', 'also serve on TCP (API key required); loopback unless named otherwise')
+    .option(
+      '--api-key-file <path>',
+      'API key for TCP (default: $ACTORVM_API_KEY, else $ACTORVM_HOME/api-key)',
+    )
     .action(async (_o, c: Command) => {
-      const opts = c.optsWithGlobals<GlobalOptions & { backend?: BackendChoice }>();
-      const rt = await Runtime.start({ control: opts.socket ?? true, backend: opts.backend });
-      const path = rt.control?.path;
-      if (opts.json) printJson({ socket: path, pid: process.pid });
-      else process.stdout.write(`actorvm runtime serving on ${path} (pid ${process.pid}); Ctrl-C to stop\n`);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
-      await rt.stop();
+      const opts = c.optsWithGlobals<
+        GlobalOptions & { backend?: BackendChoice; listen?: string; apiKeyFile?: string }
+      >();
+      await serve(opts);
     });
 
-  const vm = program.command('vm').description('sandboxes of a running runtime (see actorctl serve)');
+  const vm = program.command('vm').description('sandboxes of a running daemon (see actorctl serve)');
 
   vm.command('ls')
-    .description('list sandboxes')
+    .description(
+      'list sandboxes: id, key, image, backend, state, pid, boot time, metadata, remaining lifetime',
+    )
+    .option('--metadata <key=value>', 'only sandboxes with this label (repeatable)', collect)
     .action(async (_o, c: Command) => {
-      const opts = c.optsWithGlobals<GlobalOptions>();
-      const list = await withClient(opts, (cl) => cl.call<Record<string, unknown>[]>('vm.ls'));
-      if (opts.json) printJson(list);
-      else
-        printTable(
-          ['ID', 'BACKEND', 'ACCEL', 'STATE', 'PID', 'BOOT ms'],
-          list.map((s) => [s.id, s.backend, s.accel ?? '', s.state, s.pid, s.bootMs]),
-        );
+      const opts = c.optsWithGlobals<GlobalOptions & { metadata?: string[] }>();
+      const metadata = pairs('metadata', opts.metadata);
+      const list = await withClient(opts, async (rt) =>
+        (await rt.sandboxes({ metadata })).map((s) => s.summary),
+      );
+      if (opts.json) printJson(list.map((s) => ({ ...s, remainingMs: remainingMs(s) })));
+      else printSandboxes(list);
     });
 
   vm.command('create')
-    .description('create a sandbox')
+    .description('create a sandbox; prints its id (--json: its summary, key and access token)')
     .option('--image <name>', 'image (default: base)')
     .option('--backend <kind>', 'qemu | namespace | auto')
+    .option('--memory <MiB>', 'guest memory')
+    .option('--cpus <n>', 'guest CPUs')
+    .option('--env <key=value>', 'environment of every command (repeatable)', collect)
+    .option('--metadata <key=value>', 'label (repeatable); list with vm ls --metadata', collect)
+    .option('--timeout-ms <ms>', 'kill the sandbox this long after it is ready (see vm timeout)')
     .option('--allow-host-loopback', "reach the host's loopback through the gateway address")
     .action(async (_o, c: Command) => {
-      const opts = c.optsWithGlobals<RunOptions>();
-      const r = await withClient(opts, (cl) =>
-        cl.call<{ id: number }>('vm.create', {
+      const opts = c.optsWithGlobals<
+        RunOptions & { cpus?: string; env?: string[]; metadata?: string[]; timeoutMs?: string }
+      >();
+      const s = await withClient(opts, async (rt) => {
+        const sbx = await rt.createSandbox({
           image: opts.image,
           backend: opts.backend,
-          allowHostLoopback: opts.allowHostLoopback,
-        }),
-      );
-      if (opts.json) printJson(r);
-      else process.stdout.write(`${r.id}\n`);
+          memoryMiB: intFlag('memory', opts.memory, 1, 1 << 30),
+          cpus: intFlag('cpus', opts.cpus, 1, 4096),
+          env: pairs('env', opts.env),
+          metadata: pairs('metadata', opts.metadata),
+          timeoutMs: intFlag('timeout-ms', opts.timeoutMs, 1, Number.MAX_SAFE_INTEGER),
+          network: opts.allowHostLoopback ? { allowHostLoopback: true } : undefined,
+        });
+        return sbx.summary;
+      });
+      if (opts.json) printJson(s);
+      else process.stdout.write(`${s.id}\n`);
     });
 
   vm.command('exec')
     .description('run a command in a sandbox, streaming its output; exits with its code')
-    .argument('<id>', 'sandbox id')
-    .argument('<cmd...>', 'command (after --)')
+    .argument('<id>', 'sandbox id or key')
+    .argument('<cmd...>', 'command (after --); one argument runs through /bin/sh -c')
+    .option('-i, --interactive', 'forward our stdin to the command (EOF closes its stdin)')
+    .option('-t, --tty', 'run the command on a pseudo-terminal (raw mode, resized with ours)')
+    .option('--cols <n>', 'terminal width with -t (default: ours, else 80)')
+    .option('--rows <n>', 'terminal height with -t (default: ours, else 24)')
     .option('--timeout <ms>', 'kill the command after this long')
+    .option('--env <key=value>', 'environment variable (repeatable)', collect)
+    .option('--cwd <dir>', 'working directory (default /home/user)')
+    .option('--tag <name>', 'a name to reattach by (vm attach --tag)')
     .action(async (id: string, cmd: string[], _o, c: Command) => {
-      const opts = c.optsWithGlobals<GlobalOptions & { timeout?: string }>();
-      const out = { stdout: '', stderr: '' };
-      const result = await withClient(opts, (cl) =>
-        cl.call<ProcessResult>(
-          'vm.exec',
-          {
-            id: Number(id),
-            cmd: cmd.length === 1 ? cmd[0] : cmd,
-            timeoutMs: opts.timeout ? Number(opts.timeout) : undefined,
-          },
-          (e) => {
-            const ev = e as { stream: 'stdout' | 'stderr'; data: string };
-            if (opts.json) out[ev.stream] += ev.data;
-            else (ev.stream === 'stdout' ? process.stdout : process.stderr).write(ev.data);
-          },
-        ),
-      );
-      if (opts.json) printJson({ ...result, ...out });
-      process.exitCode = exitStatus(result);
+      const opts = c.optsWithGlobals<
+        GlobalOptions & TerminalFlags & { timeout?: string; env?: string[]; cwd?: string; tag?: string }
+      >();
+      const timeoutMs = intFlag('timeout', opts.timeout, 1, 86_400_000);
+      const pty = opts.tty ? terminalSize(opts) : undefined;
+      const out = await withClient(opts, async (rt) => {
+        const sbx = await rt.sandbox(sandboxRef(id));
+        const p = sbx.spawn(commandOf(cmd), {
+          timeoutMs,
+          env: pairs('env', opts.env),
+          cwd: opts.cwd,
+          tag: opts.tag,
+          stdin: opts.interactive ? 'pipe' : 'closed',
+          ...(pty ? { pty } : {}),
+        });
+        return attachTerminal(p, {
+          pty: pty !== undefined,
+          input: Boolean(opts.interactive),
+          collect: opts.json,
+        });
+      });
+      if (opts.json) printJson({ ...out.result, stdout: out.stdout, stderr: out.stderr });
+      process.exitCode = exitStatus(out.result);
+    });
+
+  vm.command('shell')
+    .description('an interactive shell in a sandbox on a pseudo-terminal (/bin/sh -l unless --cmd)')
+    .argument('<id>', 'sandbox id or key')
+    .option('--cmd <command>', 'run this instead (through /bin/sh -c)')
+    .option('--cols <n>', 'terminal width (default: ours, else 80)')
+    .option('--rows <n>', 'terminal height (default: ours, else 24)')
+    .action(async (id: string, _o, c: Command) => {
+      const opts = c.optsWithGlobals<GlobalOptions & TerminalFlags & { cmd?: string }>();
+      const pty = terminalSize(opts);
+      const out = await withClient(opts, async (rt) => {
+        const sbx = await rt.sandbox(sandboxRef(id));
+        const p = sbx.spawn(opts.cmd ?? ['/bin/sh', '-l'], { pty });
+        return attachTerminal(p, { pty: true, input: true, collect: opts.json });
+      });
+      if (opts.json) printJson({ ...out.result, output: out.stdout });
+      process.exitCode = exitStatus(out.result);
+    });
+
+  vm.command('attach')
+    .description(
+      'follow a process the daemon keeps (started with --tag, or by pid) until it ends; exits with its code',
+    )
+    .argument('<id>', 'sandbox id or key')
+    .option('--pid <pid>', 'the process by pid')
+    .option('--tag <name>', 'the process by tag')
+    .option('-i, --interactive', 'forward our stdin to it')
+    .action(async (id: string, _o, c: Command) => {
+      const opts = c.optsWithGlobals<GlobalOptions & TerminalFlags & { pid?: string; tag?: string }>();
+      const pid = intFlag('pid', opts.pid, 1, 0xffffffff);
+      if ((pid === undefined) === (opts.tag === undefined))
+        throw badOption('vm attach takes one of --pid or --tag');
+      const out = await withClient(opts, async (rt) => {
+        const sbx = await rt.sandbox(sandboxRef(id));
+        const p = sbx.attach(pid !== undefined ? { pid } : { tag: opts.tag! });
+        return attachTerminal(p, { pty: false, input: Boolean(opts.interactive), collect: opts.json });
+      });
+      if (opts.json) printJson({ ...out.result, stdout: out.stdout, stderr: out.stderr });
+      process.exitCode = exitStatus(out.result);
+    });
+
+  vm.command('ps')
+    .description('processes the daemon keeps for a sandbox: pid, tag, command')
+    .argument('<id>', 'sandbox id or key')
+    .action(async (id: string, _o, c: Command) => {
+      const opts = c.optsWithGlobals<GlobalOptions>();
+      const list = await withClient(opts, async (rt) => (await rt.sandbox(sandboxRef(id))).processes());
+      if (opts.json) printJson(list);
+      else
+        printTable(
+          ['PID', 'TAG', 'COMMAND', 'CWD'],
+          list.map((p) => [p.pid, p.tag ?? '', [p.cmd, ...p.args].join(' '), p.cwd ?? '']),
+        );
     });
 
   vm.command('logs')
     .description("print a sandbox's console")
-    .argument('<id>', 'sandbox id')
+    .argument('<id>', 'sandbox id or key')
+    .option('--bytes <n>', 'at most this many of the last bytes (default 64 KiB)')
     .action(async (id: string, _o, c: Command) => {
-      const opts = c.optsWithGlobals<GlobalOptions>();
-      const text = await withClient(opts, (cl) => cl.call<string>('vm.logs', { id: Number(id) }));
-      if (opts.json) printJson({ id: Number(id), console: text });
-      else process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+      const opts = c.optsWithGlobals<GlobalOptions & { bytes?: string }>();
+      const bytes = intFlag('bytes', opts.bytes, 1, 16 * 1024 * 1024);
+      const r = await withClient(opts, async (rt) => {
+        const sbx = await rt.sandbox(sandboxRef(id));
+        return { id: sbx.id, console: await sbx.logs(bytes) };
+      });
+      if (opts.json) printJson(r);
+      else process.stdout.write(r.console.endsWith('\n') || r.console === '' ? r.console : `${r.console}\n`);
     });
 
   vm.command('kill')
     .description('stop a sandbox and free everything it held')
-    .argument('<id>', 'sandbox id')
+    .argument('<id>', 'sandbox id or key')
     .action(async (id: string, _o, c: Command) => {
       const opts = c.optsWithGlobals<GlobalOptions>();
-      const r = await withClient(opts, (cl) => cl.call('vm.kill', { id: Number(id) }));
+      const r = await withClient(opts, async (rt) => {
+        const sbx = await rt.sandbox(sandboxRef(id));
+        await sbx.kill();
+        return { id: sbx.id, sandboxId: sbx.key, killed: true };
+      });
       if (opts.json) printJson(r);
+    });
+
+  vm.command('timeout')
+    .description("move a sandbox's deadline to MS from now ('none': no deadline)")
+    .argument('<id>', 'sandbox id or key')
+    .argument('<ms>', "milliseconds from now, or 'none'")
+    .action(async (id: string, ms: string, _o, c: Command) => {
+      const opts = c.optsWithGlobals<GlobalOptions>();
+      const timeoutMs = ms === 'none' ? undefined : intFlag('timeout', ms, 1, Number.MAX_SAFE_INTEGER);
+      const r = await withClient(opts, async (rt) => {
+        const sbx: RemoteSandbox = await rt.sandbox(sandboxRef(id));
+        const endAt = await sbx.setTimeout(timeoutMs);
+        return { id: sbx.id, endAt: endAt?.toISOString() ?? null };
+      });
+      if (opts.json) printJson(r);
+      else process.stdout.write(`${r.endAt ?? 'no deadline'}\n`);
     });
 }

@@ -44,7 +44,7 @@ export function registerSystemCommands(program: Command): void {
     .description('list actors: id, kind, worker, state, mailbox depth, messages in/out, restarts')
     .action(async (_o, cmd: Command) => {
       const opts = cmd.optsWithGlobals<GlobalOptions>();
-      const actors = await withClient(opts, (c) => c.call<ActorInfo[]>('ps'));
+      const actors = await withClient(opts, (rt) => rt.actors());
       if (opts.json) printJson(actors);
       else printActors(actors);
     });
@@ -55,9 +55,7 @@ export function registerSystemCommands(program: Command): void {
     .description("print one actor's state snapshot")
     .action(async (id: string, _o, cmd: Command) => {
       const opts = cmd.optsWithGlobals<GlobalOptions>();
-      const snapshot = await withClient(opts, (c) =>
-        c.call('inspect', { id: /^\d+$/.test(id) ? Number(id) : id }),
-      );
+      const snapshot = await withClient(opts, (rt) => rt.inspect(/^\d+$/.test(id) ? Number(id) : id));
       // A snapshot is a nested document; JSON is its readable form too.
       printJson(snapshot);
     });
@@ -67,7 +65,7 @@ export function registerSystemCommands(program: Command): void {
     .description('ring statistics: records, bytes, depth, high-water mark, full events, wakeups')
     .action(async (_o, cmd: Command) => {
       const opts = cmd.optsWithGlobals<GlobalOptions>();
-      const rings = await withClient(opts, (c) => c.call<RingStats[]>('rings'));
+      const rings = await withClient(opts, (rt) => rt.rings());
       if (opts.json) printJson(rings);
       else printRings(rings);
     });
@@ -77,6 +75,6 @@ export function registerSystemCommands(program: Command): void {
     .description('system totals: workers, dead letters, escalations, per-host counters')
     .action(async (_o, cmd: Command) => {
       const opts = cmd.optsWithGlobals<GlobalOptions>();
-      printJson(await withClient(opts, (c) => c.call('stats')));
+      printJson(await withClient(opts, (rt) => rt.stats()));
     });
 }

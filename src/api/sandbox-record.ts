@@ -1,0 +1,22 @@
+/**
+ * What the runtime knows about a sandbox beyond its machine: the key clients
+ * name it by, its labels, its lifetime, the processes that outlive their
+ * clients, and the secret of its in-sandbox API. Made by the Runtime at
+ * create, read by the Sandbox, the daemon and the remote client's server side.
+ */
+import type { Lifetime } from './lifetime.js';
+import type { ProcessTable } from './process-table.js';
+
+export interface SandboxRecord {
+  /** Unguessable, unique across runtime restarts: the E2B sandboxID. */
+  readonly key: string;
+  readonly image: string;
+  readonly memoryMiB: number;
+  readonly cpus: number;
+  readonly metadata: Readonly<Record<string, string>>;
+  readonly lifetime: Lifetime;
+  /** Processes started through the daemon, which outlive their clients. */
+  readonly processes: ProcessTable;
+  /** Secret for the in-sandbox API on TCP (E2B envdAccessToken). */
+  readonly accessToken: string;
+}
