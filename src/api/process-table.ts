@@ -99,6 +99,8 @@ export class ManagedProcess extends EventEmitter {
 export class ProcessTable {
   private readonly running = new Map<number, ManagedProcess>();
   private readonly ended: ManagedProcess[] = [];
+  /** Adoptions waiting for their pid: they count against the cap already. */
+  private starting = 0;
 
   /** `log` gets process.started / process.ended events (bound to the sandbox by the caller). */
   constructor(private readonly log?: Logger) {}
@@ -112,14 +114,20 @@ export class ProcessTable {
     config: ProcessConfig,
     opts: { tag?: string; pty?: boolean } = {},
   ): Promise<ManagedProcess> {
-    if (this.running.size >= MAX_MANAGED_PROCESSES) {
+    if (this.running.size + this.starting >= MAX_MANAGED_PROCESSES) {
       proc.cancel();
       throw new ProcessTableError(
         ProcessTableErrorCode.TOO_MANY,
         `a sandbox runs at most ${MAX_MANAGED_PROCESSES} managed processes`,
       );
     }
-    const pid = await proc.pid;
+    this.starting++;
+    let pid: number;
+    try {
+      pid = await proc.pid;
+    } finally {
+      this.starting--;
+    }
     const mp = new ManagedProcess(pid, opts.tag, config, opts.pty ?? false, proc);
     this.running.set(pid, mp);
     this.log?.info(
@@ -173,7 +181,8 @@ export class ProcessTable {
 
   private finish(mp: ManagedProcess, outcome: ProcessOutcome): void {
     mp.outcome = outcome;
-    this.running.delete(mp.pid);
+    // The guest may have reused the pid for a newer process by now.
+    if (this.running.get(mp.pid) === mp) this.running.delete(mp.pid);
     this.log?.info(
       {
         event: 'process.ended',

@@ -80,6 +80,9 @@ export class SandboxProcess implements OperationHandler {
           },
         })
       : null;
+    // A write that fails because the command ended (or the sandbox went) rejects its own callback;
+    // the stream's 'error' event must not become an uncaught exception in the caller's process.
+    this.stdin?.on('error', () => {});
   }
 
   /**

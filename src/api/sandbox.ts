@@ -302,7 +302,11 @@ export class SandboxFiles {
       else for await (const chunk of data as Readable) await input.write(chunk as Uint8Array);
       input.end();
     };
-    const sent = send();
+    // A source that fails mid-way ends the put in the guest too (its slot and temporary file freed).
+    const sent = send().catch((err: unknown) => {
+      vm.tell({ type: 'cancel', id });
+      throw err;
+    });
     // If the guest refuses early (bad path), `done` rejects first and sending stops.
     await Promise.all([done, sent]);
   }
@@ -314,6 +318,11 @@ export class SandboxFiles {
     const vm = this.vm;
     let id = 0;
     const stream = new OutputStream((n) => vm.tell({ type: 'ack', id, bytes: n }));
+    let over = false;
+    // A reader that goes away before the end (a dropped download) ends the read in the guest.
+    stream.once('close', () => {
+      if (!over) vm.tell({ type: 'cancel', id });
+    });
     return new Promise((resolve, reject) => {
       let opened = false;
       id = this.registry.add(this.sandbox, {
@@ -326,6 +335,7 @@ export class SandboxFiles {
         },
         credit: () => {},
         done: (r) => {
+          over = true;
           if (r.error) {
             const err = errorFrom(r.error);
             if (opened) stream.finish(err);

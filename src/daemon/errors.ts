@@ -62,6 +62,9 @@ const STATUS: Record<string, number> = {
   ERR_NET_FORWARD: 409,
   ERR_NET_NO_SANDBOX: 404,
   ERR_IMAGE_NOT_FOUND: 404,
+  ERR_AGENT_NOT_REGULAR_FILE: 400,
+  ERR_AGENT_NOT_DIRECTORY: 400,
+  ERR_AGENT_WATCH_LIMIT: 429,
 };
 
 /** Codes that are the caller's fault whatever their area (`ERR_*_BAD_*`, schema failures). */

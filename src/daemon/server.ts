@@ -57,6 +57,8 @@ import { registerNativeRoutes } from './routes/native.js';
 export const MAX_JSON_BODY = 1 << 20;
 /** Open connections per door (Unix socket, TCP). */
 export const MAX_CONNECTIONS = 1024;
+/** A connection must send its first request's headers within this, or it is closed. */
+export const FIRST_REQUEST_TIMEOUT_MS = 30_000;
 
 export interface DaemonOptions {
   runtime: Runtime;
@@ -127,9 +129,9 @@ export class Daemon {
     return a && typeof a === 'object' ? { host: a.address, port: a.port } : undefined;
   }
 
-  /** Which door a request came through. */
+  /** Which door a request came through (a socket we do not know is treated as TCP: untrusted). */
   doorOf(req: FastifyRequest): Door {
-    return this.doors.get(req.raw.socket) ?? 'unix';
+    return this.doors.get(req.raw.socket) ?? 'tcp';
   }
 
   /** True when the request carries the API key (what TCP control-plane routes need). */
@@ -238,8 +240,20 @@ export class Daemon {
 
   private async openDoors(): Promise<void> {
     const httpServer = this.app.server as http.Server;
-    httpServer.headersTimeout = 30_000;
+    // Node enforces headersTimeout only on servers that listen themselves; ours are fed
+    // connections. So every connection gets FIRST_REQUEST_TIMEOUT_MS to send its first
+    // request's headers; between requests, keepAliveTimeout closes idle ones.
+    const firstRequest = new WeakMap<net.Socket, NodeJS.Timeout>();
+    httpServer.on('request', (req: http.IncomingMessage) => {
+      const t = firstRequest.get(req.socket);
+      if (t) clearTimeout(t);
+      firstRequest.delete(req.socket);
+    });
     const accept = (door: Door) => (socket: net.Socket) => {
+      const timer = setTimeout(() => socket.destroy(), FIRST_REQUEST_TIMEOUT_MS);
+      timer.unref();
+      firstRequest.set(socket, timer);
+      socket.once('close', () => clearTimeout(timer));
       // Streams write small frames (an exit after its output): no Nagle delay against delayed ACKs.
       if (door === 'tcp') socket.setNoDelay(true);
       this.doors.set(socket, door);

@@ -338,7 +338,7 @@ describe('TCP', () => {
     expect(missing.body).toMatchObject({ code: 401, error: 'ERR_DAEMON_UNAUTHORIZED' });
     const wrong = await request('GET', '/v1/actors', {
       url,
-      headers: { 'x-api-key': `${d.apiKey!.slice(0, -1)}0` },
+      headers: { 'x-api-key': `${d.apiKey!.slice(0, -1)}${d.apiKey!.endsWith('0') ? '1' : '0'}` },
     });
     expect(wrong.status).toBe(401);
     expect(wrong.body.error).toBe('ERR_DAEMON_UNAUTHORIZED');

@@ -23,6 +23,15 @@ afterAll(async () => {
   await d?.stop();
 });
 
+/** One Connect streaming envelope (flags 0, big-endian length, JSON). */
+function envelope(msg: unknown): Buffer {
+  const json = Buffer.from(JSON.stringify(msg));
+  const out = Buffer.alloc(5 + json.length);
+  out.writeUInt32BE(json.length, 1);
+  json.copy(out, 5);
+  return out;
+}
+
 function call(
   method: string,
   path: string,
@@ -152,13 +161,76 @@ describe('bad requests get typed answers', () => {
   });
 });
 
+describe('abandoned and hostile streams', () => {
+  const rpc = (method: string, body: unknown) =>
+    call('POST', `/process.Process/${method}`, body, { 'e2b-sandbox-id': key });
+
+  it('stdin still waiting when its command ends does not take the daemon down', async () => {
+    const start = await fetch(`${d.url}/process.Process/Start`, {
+      method: 'POST',
+      headers: {
+        'x-api-key': d.apiKey,
+        'e2b-sandbox-id': key,
+        'content-type': 'application/connect+json',
+        'connect-protocol-version': '1',
+      },
+      body: envelope({ process: { cmd: '/bin/sh', args: ['-c', 'sleep 1'] }, tag: 'short-stdin' }),
+    });
+    expect(start.status).toBe(200);
+    const events = start.body!.getReader();
+    await events.read(); // the start event: the process is in the table
+    // More than the pipe, the agent's window and the ring window hold: the write waits for
+    // credit, and `sleep` ends meanwhile without reading it.
+    const big = Buffer.alloc(2 << 20, 0x61).toString('base64');
+    const input = await rpc('SendInput', { process: { tag: 'short-stdin' }, input: { stdin: big } });
+    const answer = (await input.json()) as { code?: string };
+    // Either it went in, or a typed Connect error says why; never a dead daemon.
+    expect(input.status === 200 || typeof answer.code === 'string').toBe(true);
+    await events.cancel();
+    expect((await rpc('List', {})).status).toBe(200);
+  });
+
+  it('downloads abandoned mid-way free their agent slots', async () => {
+    const sbx = d.rt.sandbox(key)!;
+    await sbx.exec('head -c 8388608 /dev/zero > /tmp/big.bin');
+    // More abandoned reads than the agent has slots (64): each must give its slot back.
+    for (let i = 0; i < 70; i++) {
+      const ac = new AbortController();
+      const res = await fetch(`${d.url}/files?path=/tmp/big.bin`, {
+        headers: { 'x-api-key': d.apiKey, 'e2b-sandbox-id': key },
+        signal: ac.signal,
+      });
+      const reader = res.body!.getReader();
+      await reader.read();
+      ac.abort();
+      await reader.cancel().catch(() => {});
+    }
+    expect((await sbx.exec('echo slots')).stdout).toBe('slots\n');
+  });
+
+  it('a text/plain upload is streamed into the file, not parsed', async () => {
+    const res = await call('POST', '/files?path=/tmp/plain.txt', undefined, {
+      'e2b-sandbox-id': key,
+      'content-type': 'text/plain',
+    });
+    expect(res.status).toBe(200);
+    const up = await fetch(`${d.url}/files?path=/tmp/plain.txt`, {
+      method: 'POST',
+      headers: { 'x-api-key': d.apiKey, 'e2b-sandbox-id': key, 'content-type': 'text/plain' },
+      body: 'plain words',
+    });
+    expect(up.status).toBe(200);
+    expect((await d.rt.sandbox(key)!.files.read('/tmp/plain.txt')).toString()).toBe('plain words');
+  });
+});
+
 describe('API key on TCP', () => {
   it('refuses a missing or wrong key with 401, accepts the key and the sandbox token', async () => {
     const missing = await fetch(`${d.url}/v2/sandboxes`);
     expect(missing.status).toBe(401);
     expect(await missing.json()).toMatchObject({ code: 401, error: 'ERR_DAEMON_UNAUTHORIZED' });
     const wrong = await fetch(`${d.url}/v2/sandboxes`, {
-      headers: { 'x-api-key': `${d.apiKey.slice(0, -1)}0` },
+      headers: { 'x-api-key': `${d.apiKey.slice(0, -1)}${d.apiKey.endsWith('0') ? '1' : '0'}` },
     });
     expect(wrong.status).toBe(401);
     expect((await fetch(`${d.url}/v2/sandboxes`, { headers: { 'x-api-key': d.apiKey } })).status).toBe(200);

@@ -223,11 +223,16 @@ export class GuestOps {
     }
   }
 
-  /** Kills a command; closes a watch. */
+  /** Kills a command; closes a watch; abandons a file read or write (the agent frees its slot). */
   cancel(id: number): void {
     const op = this.ops.get(id);
-    op?.proc?.cancel();
-    if (op?.watch) void op.watch.close();
+    if (!op) return;
+    op.proc?.cancel();
+    if (op.watch) void op.watch.close();
+    if (!op.proc && !op.watch) {
+      for (const s of op.sources) (s as unknown as Readable).destroy?.();
+      (op.input as PassThrough | undefined)?.destroy(new Error('the write was abandoned'));
+    }
   }
 
   /** Ends operation `id` with `err` (it could not start: a request the agent client refused). */

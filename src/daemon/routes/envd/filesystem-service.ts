@@ -7,8 +7,9 @@
  *   Move, Remove (recursive; a missing path is not an error, like envd)
  *   WatchDir          a stream: start once the watch is armed, then events
  *   CreateWatcher /   the polling form: events accumulate in the daemon, at
- *   GetWatcherEvents  most MAX_WATCHER_EVENTS per watcher (older ones are kept,
- *   / RemoveWatcher   newer dropped until the client collects)
+ *   GetWatcherEvents  most MAX_WATCHER_EVENTS / MAX_WATCHER_BYTES per watcher (older
+ *   / RemoveWatcher   ones are kept, newer dropped until the client collects); one
+ *                     not polled for WATCHER_IDLE_MS is closed
  *
  * Relative paths resolve against the user's home (guest.ts).
  */
@@ -29,8 +30,37 @@ import { SANDBOX_HEADER, sandboxFromHeader } from './sandbox-of.js';
 export const MAX_LIST_ENTRIES = 10_000;
 /** Events a polling watcher keeps until GetWatcherEvents collects them. */
 export const MAX_WATCHER_EVENTS = 4096;
+/** Bytes of event names one watcher's queue holds at most (names run up to 4 KiB). */
+export const MAX_WATCHER_BYTES = 1 << 20;
 /** Polling watchers per sandbox. */
 export const MAX_WATCHERS = 64;
+/** A polling watcher nobody asked for events this long is closed (it holds an agent watch). */
+export const WATCHER_IDLE_MS = 10 * 60_000;
+
+type EnvdEvent = { name: string; type: EventType };
+
+/** A watcher's queue, bounded by count and by bytes; what does not fit is dropped. */
+class EventBuffer {
+  readonly items: EnvdEvent[] = [];
+  private bytes = 0;
+
+  push(e: EnvdEvent): void {
+    if (this.items.length >= MAX_WATCHER_EVENTS || this.bytes + e.name.length > MAX_WATCHER_BYTES) return;
+    this.items.push(e);
+    this.bytes += e.name.length;
+  }
+
+  shift(): EnvdEvent | undefined {
+    const e = this.items.shift();
+    if (e) this.bytes -= e.name.length;
+    return e;
+  }
+
+  drain(): EnvdEvent[] {
+    this.bytes = 0;
+    return this.items.splice(0);
+  }
+}
 
 const fileType = (t: unknown): FileType =>
   t === 'file'
@@ -108,12 +138,23 @@ function envdEvents(): (e: WatchEvent) => { name: string; type: EventType }[] {
 interface PollingWatcher {
   sandboxKey: string;
   watcher: SandboxWatcher;
-  events: { name: string; type: EventType }[];
+  events: EventBuffer;
   failed?: ConnectError;
+  lastPoll: number;
 }
 
 export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
   const watchers = new Map<string, PollingWatcher>();
+  /** CreateWatcher calls still arming, per sandbox: they count against MAX_WATCHERS. */
+  const arming = new Map<string, number>();
+  /** Closes polling watchers nobody polled for WATCHER_IDLE_MS (checked on every watcher call, no timer). */
+  const sweep = (now = Date.now()): void => {
+    for (const [id, w] of watchers) {
+      if (now - w.lastPoll < WATCHER_IDLE_MS) continue;
+      watchers.delete(id);
+      void w.watcher.close().catch(() => {});
+    }
+  };
   const found = (ctx: HandlerContext): Found => {
     try {
       return sandboxFromHeader(d, ctx.requestHeader.get(SANDBOX_HEADER));
@@ -197,7 +238,7 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
       const f = found(ctx);
       const path = guestPath(req.path, userOf(ctx));
       const watcher = await guarded(() => f.sandbox.files.watch(path, { recursive: req.recursive }));
-      const queue: { name: string; type: EventType }[] = [];
+      const queue = new EventBuffer();
       let ended: Error | null | undefined;
       let wake: (() => void) | undefined;
       const notify = () => {
@@ -208,7 +249,7 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
       const translate = envdEvents();
       watcher.on('event', (e: WatchEvent) => {
         // The agent bounds what it sends; this queue only holds what the socket has not taken yet.
-        for (const ev of translate(e)) if (queue.length < MAX_WATCHER_EVENTS) queue.push(ev);
+        for (const ev of translate(e)) queue.push(ev);
         notify();
       });
       watcher.on('error', (err: Error) => {
@@ -242,7 +283,10 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
     createWatcher: (req, ctx) =>
       guarded(async () => {
         const f = found(ctx);
-        const mine = [...watchers.values()].filter((w) => w.sandboxKey === f.record.key).length;
+        sweep();
+        const key = f.record.key;
+        const mine =
+          [...watchers.values()].filter((w) => w.sandboxKey === key).length + (arming.get(key) ?? 0);
         if (mine >= MAX_WATCHERS) {
           throw new ConnectError(
             `a sandbox may have at most ${MAX_WATCHERS} watchers`,
@@ -250,12 +294,25 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
           );
         }
         const path = guestPath(req.path, userOf(ctx));
-        const watcher = await f.sandbox.files.watch(path, { recursive: req.recursive });
+        arming.set(key, (arming.get(key) ?? 0) + 1);
+        let watcher: SandboxWatcher;
+        try {
+          watcher = await f.sandbox.files.watch(path, { recursive: req.recursive });
+        } finally {
+          const n = (arming.get(key) ?? 1) - 1;
+          if (n > 0) arming.set(key, n);
+          else arming.delete(key);
+        }
         const id = randomUUID();
-        const entry: PollingWatcher = { sandboxKey: f.record.key, watcher, events: [] };
+        const entry: PollingWatcher = {
+          sandboxKey: key,
+          watcher,
+          events: new EventBuffer(),
+          lastPoll: Date.now(),
+        };
         const translate = envdEvents();
         watcher.on('event', (e: WatchEvent) => {
-          for (const ev of translate(e)) if (entry.events.length < MAX_WATCHER_EVENTS) entry.events.push(ev);
+          for (const ev of translate(e)) entry.events.push(ev);
         });
         watcher.on('error', (err: Error) => {
           entry.failed = toConnectError(err);
@@ -272,10 +329,12 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
     getWatcherEvents: (req, ctx) =>
       guarded(async () => {
         const f = found(ctx);
+        sweep();
         const w = watchers.get(req.watcherId);
         if (!w || w.sandboxKey !== f.record.key)
           throw new ConnectError(`no watcher ${req.watcherId}`, Code.NotFound);
-        const events = w.events.splice(0);
+        w.lastPoll = Date.now();
+        const events = w.events.drain();
         if (events.length === 0 && w.failed) {
           watchers.delete(req.watcherId);
           throw w.failed;
