@@ -28,6 +28,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Runtime } from '../src/api/runtime.js';
 import { Daemon } from '../src/daemon/server.js';
+import { connectEnvelope } from '../test/support/connect.js';
 import { flag, percentile, printTable, round } from './_stats.js';
 
 interface Figures {
@@ -41,10 +42,7 @@ const ARGV = ['/bin/sh', '-l', '-c', 'true'];
 
 /** One server-streaming Start over a kept-alive connection; resolves when the stream ended. */
 function rawStart(port: number, agent: http.Agent, headers: Record<string, string>): Promise<void> {
-  const msg = Buffer.from(JSON.stringify({ process: { cmd: ARGV[0], args: ARGV.slice(1) }, stdin: false }));
-  const envelope = Buffer.alloc(5 + msg.length);
-  envelope.writeUInt32BE(msg.length, 1);
-  msg.copy(envelope, 5);
+  const envelope = connectEnvelope({ process: { cmd: ARGV[0], args: ARGV.slice(1) }, stdin: false });
   return new Promise((resolve, reject) => {
     const req = http.request(
       {

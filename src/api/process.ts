@@ -2,10 +2,12 @@
  * A command running in a sandbox: its streams, its result, signals, and (for
  * one started with a pty) its terminal's size.
  */
+
 import { Writable } from 'node:stream';
 import { OUT_STDERR, OUT_STDOUT } from '../actors/vm/messages.js';
+import { deferred } from './deferred.js';
 import { errorFrom, SandboxError, SandboxErrorCode } from './errors.js';
-import { checkOptions, handled, PtySize, rejected, signalOrRejection } from './schemas.js';
+import { checkOptions, PtySize, rejected, signalOrRejection } from './schemas.js';
 import type { OperationHandler } from './sink.js';
 import { InputChannel, OutputStream } from './streams.js';
 
@@ -40,10 +42,9 @@ export class SandboxProcess implements OperationHandler {
   readonly pid: Promise<number>;
   /** Resolves when the command ended; rejects with a typed error if it could not run. */
   readonly result: Promise<ProcessResult>;
-  private resolvePid!: (pid: number) => void;
-  private rejectPid!: (err: Error) => void;
-  private resolveResult!: (r: ProcessResult) => void;
-  private rejectResult!: (err: Error) => void;
+  // Awaiting them still sees a rejection; ignoring them must not end the caller's process.
+  private readonly pidKnown = deferred<number>();
+  private readonly ending = deferred<ProcessResult>();
   private readonly input: InputChannel;
   private ended = false;
 
@@ -55,18 +56,8 @@ export class SandboxProcess implements OperationHandler {
   ) {
     this.stdout = new OutputStream((n) => link.ack(n));
     this.stderr = new OutputStream((n) => link.ack(n));
-    this.pid = new Promise((resolve, reject) => {
-      this.resolvePid = resolve;
-      this.rejectPid = reject;
-    });
-    // Awaiting them still sees a rejection; ignoring them must not end the caller's process.
-    handled(this.pid);
-    this.result = handled(
-      new Promise((resolve, reject) => {
-        this.resolveResult = resolve;
-        this.rejectResult = reject;
-      }),
-    );
+    this.pid = this.pidKnown.promise;
+    this.result = this.ending.promise;
     this.input = new InputChannel(
       (data, end) => link.input(data, end),
       () => link.writable(),
@@ -129,7 +120,7 @@ export class SandboxProcess implements OperationHandler {
   }
 
   started(info: unknown): void {
-    this.resolvePid((info as { pid: number }).pid);
+    this.pidKnown.resolve((info as { pid: number }).pid);
   }
 
   credit(bytes: number): void {
@@ -145,13 +136,13 @@ export class SandboxProcess implements OperationHandler {
       const err = errorFrom(result.error);
       this.stdout.finish();
       this.stderr.finish();
-      this.rejectPid(err);
-      this.rejectResult(err);
+      this.pidKnown.reject(err);
+      this.ending.reject(err);
       return;
     }
     this.stdout.finish();
     this.stderr.finish();
-    this.resolveResult({
+    this.ending.resolve({
       exitCode: (result.exitCode as number | null) ?? null,
       signal: (result.signal as string | null) ?? null,
       timedOut: Boolean(result.timedOut),

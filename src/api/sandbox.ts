@@ -465,6 +465,17 @@ interface WatcherLink {
 /** Events an async iterator may hold before acknowledgements (and so the guest) wait for it. */
 const ITERATOR_BACKLOG = 4096;
 
+/**
+ * The agent writes files atomically: content goes to `.NAME.avm-XXXXXXXX`
+ * (guest/agent/op_file.c), then is renamed over NAME. A watcher would see the
+ * temporary file's create/write/chmod/rename and then a create of NAME; what
+ * happened is that NAME was created and written. Watchers hide the temporary
+ * name and report its arrival as create + write (what E2B clients expect too).
+ */
+const ATOMIC_TEMP = /(^|\/)\.([^/]+)\.avm-[0-9a-f]{8}$/;
+/** Renamed temporaries whose arrival has not been seen yet (moved out of the tree: never). */
+const MAX_PENDING_TEMPS = 256;
+
 /** A directory watch: an EventEmitter, and an async iterable of its events (single consumer). */
 export class SandboxWatcher
   extends EventEmitter<SandboxWatcherEvents>
@@ -479,6 +490,7 @@ export class SandboxWatcher
   /** Resolves with why the watch ended; rejects with the error that ended it. */
   readonly ended: Promise<WatchEndReason> = this.endedAt.promise;
   private over = false;
+  private readonly renamedTemps = new Set<string>();
   private queue: EventQueue<WatchEvent> | undefined;
   private owed = 0;
 
@@ -506,6 +518,11 @@ export class SandboxWatcher
     return this.queue.iterator(() => this.close());
   }
 
+  private rememberTemp(name: string): void {
+    if (this.renamedTemps.size >= MAX_PENDING_TEMPS) this.renamedTemps.clear();
+    this.renamedTemps.add(name);
+  }
+
   // ---- OperationHandler (called by the sink) ----
 
   out(channel: number, data: Uint8Array): void {
@@ -521,9 +538,16 @@ export class SandboxWatcher
         this.emit('overflow');
         continue;
       }
-      const e: WatchEvent = { type: r.type, name: r.name, isDir: r.isDir };
-      this.emit('event', e);
-      this.queue?.push(e);
+      if (ATOMIC_TEMP.test(r.name)) {
+        if (r.type === 'rename') this.rememberTemp(r.name.replace(ATOMIC_TEMP, '$1$2'));
+        continue;
+      }
+      const arrived = r.type === 'create' && this.renamedTemps.delete(r.name);
+      for (const type of arrived ? (['create', 'write'] as const) : [r.type]) {
+        const e: WatchEvent = { type, name: r.name, isDir: r.isDir };
+        this.emit('event', e);
+        this.queue?.push(e);
+      }
     }
     if (this.queue && this.queue.items.length > ITERATOR_BACKLOG) this.owed += data.byteLength;
     else this.link.ack(data.byteLength);

@@ -19,8 +19,6 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { dirname, join } from 'node:path';
 import { DaemonError, DaemonErrorCode } from './errors.js';
 
-export const API_KEY_PATTERN = /^e2b_[0-9a-f]{40}$/;
-
 export interface ApiKeySource {
   key: string;
   /** Where it came from, for the log: 'env', 'file:PATH' or 'generated:PATH'. */

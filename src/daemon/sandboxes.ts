@@ -45,6 +45,14 @@ export function findSandbox(rt: Runtime, id: string, opts: { keyOnly?: boolean }
   return { sandbox, record };
 }
 
+/** A sandbox the runtime just handed out (created or listed), with its record. */
+export function foundOf(rt: Runtime, sandbox: Sandbox): Found {
+  const record = rt.record(sandbox.id);
+  if (!record)
+    throw new SandboxError(SandboxErrorCode.NOT_FOUND, `sandbox ${sandbox.id} is gone`, { id: sandbox.id });
+  return { sandbox, record };
+}
+
 export function summarize({ sandbox, record }: Found): SandboxSummary {
   return {
     id: sandbox.id,

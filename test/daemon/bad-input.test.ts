@@ -4,6 +4,7 @@
  * on TCP — each a typed answer with a stable code — and keeps serving.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { connectEnvelope } from '../support/connect.js';
 import { startTestDaemon, type TestDaemon } from './fixtures/daemon.js';
 
 let d: TestDaemon;
@@ -22,15 +23,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await d?.stop();
 });
-
-/** One Connect streaming envelope (flags 0, big-endian length, JSON). */
-function envelope(msg: unknown): Buffer {
-  const json = Buffer.from(JSON.stringify(msg));
-  const out = Buffer.alloc(5 + json.length);
-  out.writeUInt32BE(json.length, 1);
-  json.copy(out, 5);
-  return out;
-}
 
 function call(
   method: string,
@@ -174,7 +166,7 @@ describe('abandoned and hostile streams', () => {
         'content-type': 'application/connect+json',
         'connect-protocol-version': '1',
       },
-      body: envelope({ process: { cmd: '/bin/sh', args: ['-c', 'sleep 1'] }, tag: 'short-stdin' }),
+      body: connectEnvelope({ process: { cmd: '/bin/sh', args: ['-c', 'sleep 1'] }, tag: 'short-stdin' }),
     });
     expect(start.status).toBe(200);
     const events = start.body!.getReader();
@@ -221,6 +213,47 @@ describe('abandoned and hostile streams', () => {
     });
     expect(up.status).toBe(200);
     expect((await d.rt.sandbox(key)!.files.read('/tmp/plain.txt')).toString()).toBe('plain words');
+    const badMode = await fetch(`${d.url}/files?path=/tmp/plain.txt&mode=999`, {
+      method: 'POST',
+      headers: { 'x-api-key': d.apiKey, 'e2b-sandbox-id': key, 'content-type': 'application/octet-stream' },
+      body: 'x',
+    });
+    expect(badMode.status).toBe(400);
+    expect(await badMode.json()).toMatchObject({ error: 'ERR_DAEMON_BAD_REQUEST' });
+  });
+});
+
+describe('watchers', () => {
+  const fs = (method: string, body: unknown) =>
+    call('POST', `/filesystem.Filesystem/${method}`, body, { 'e2b-sandbox-id': key });
+
+  it('polling watchers collect events, and a sandbox cannot hold more watches than the cap', async () => {
+    await d.rt.sandbox(key)!.exec('mkdir -p /tmp/polled');
+    const first = await fs('CreateWatcher', { path: '/tmp/polled' });
+    expect(first.status).toBe(200);
+    const { watcherId } = (await first.json()) as { watcherId: string };
+    await d.rt.sandbox(key)!.exec('touch /tmp/polled/p.txt');
+    const got = (await (await fs('GetWatcherEvents', { watcherId })).json()) as {
+      events?: { name: string }[];
+    };
+    expect(got.events?.map((e) => e.name)).toContain('p.txt');
+    // Keep creating until refused: the cap holds, with a typed answer, and nothing else breaks.
+    const ids = [watcherId];
+    let refused: Response | undefined;
+    for (let i = 0; i < 64 && !refused; i++) {
+      const r = await fs('CreateWatcher', { path: '/tmp/polled' });
+      if (r.status === 200) ids.push(((await r.json()) as { watcherId: string }).watcherId);
+      else refused = r;
+    }
+    expect(refused?.status).toBe(429);
+    expect(await refused!.json()).toMatchObject({ code: 'resource_exhausted' });
+    expect(ids.length).toBe(32);
+    for (const id of ids) expect((await fs('RemoveWatcher', { watcherId: id })).status).toBe(200);
+    // Freed: a new one arms again.
+    const again = await fs('CreateWatcher', { path: '/tmp/polled' });
+    expect(again.status).toBe(200);
+    await fs('RemoveWatcher', { watcherId: ((await again.json()) as { watcherId: string }).watcherId });
+    expect((await fs('GetWatcherEvents', { watcherId })).status).toBe(404);
   });
 });
 

@@ -172,6 +172,10 @@ describe.skipIf(!avail.ok)('watch', () => {
     // Armed when watch() resolved: the first change is not missed.
     await sbx.files.write('/tmp/watched/sub/new.txt', 'hello');
     await seen('create', 'sub/new.txt');
+    // The atomic write shows as what it did to the file: created and written, no temporary name.
+    await seen('write', 'sub/new.txt');
+    expect(events.filter((e) => e.name.includes('.avm-'))).toEqual([]);
+    events.length = 0;
     expect((await sbx.exec('echo more >> /tmp/watched/sub/new.txt')).exitCode).toBe(0);
     await seen('write', 'sub/new.txt');
     expect((await sbx.exec('mkdir -p /tmp/watched/n1/n2 && touch /tmp/watched/n1/n2/deep')).exitCode).toBe(0);

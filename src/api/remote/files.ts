@@ -13,8 +13,9 @@
  * made up here: envd's Remove is always recursive and ignores a missing
  * path, so `remove` checks first (ENOENT, ENOTEMPTY as in-process); MakeDir
  * refuses an existing path, so `mkdir` (which is `mkdir -p`) accepts an
- * existing directory; /files takes no mode, so `write`/`mkdir` with `mode`
- * run chmod afterwards (not atomic with the write).
+ * existing directory; `write` passes its mode as /files' `mode` parameter
+ * (atomic with the content), while MakeDir takes none, so `mkdir` with a
+ * mode runs chmod afterwards.
  */
 import { posix } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -119,7 +120,8 @@ export class RemoteFiles {
     opts = checkWriteArgs(path, data, opts);
     this.host.live();
     const body = typeof data === 'string' ? Buffer.from(data) : data;
-    const res = await this.host.endpoint.request('POST', this.query(path), {
+    const mode = opts.mode === undefined ? '' : `&mode=${opts.mode.toString(8)}`;
+    const res = await this.host.endpoint.request('POST', `${this.query(path)}${mode}`, {
       body,
       length: body instanceof Uint8Array ? body.length : opts.size,
       headers: { ...this.headers, 'content-type': 'application/octet-stream' },
@@ -127,7 +129,6 @@ export class RemoteFiles {
     await readAll(res, 1024 * 1024).catch((err) => {
       throw fromTransport(err, this.host.endpoint.where, true);
     });
-    if (opts.mode !== undefined) await this.host.chmod(path, opts.mode);
   }
 
   /** Opens a file for streaming: its size and mode, and its content as a Readable (read at the caller's pace). */

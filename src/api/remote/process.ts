@@ -14,7 +14,10 @@
  * The process belongs to the daemon, not to this object: `detach()` (or the
  * runtime's close()) stops following and leaves it running.
  */
+
 import { Readable, Writable } from 'node:stream';
+import { Signal } from '../../protocol/envd/index.js';
+import { deferred } from '../deferred.js';
 import type { ProcessResult } from '../process.js';
 import { checkOptions, handled, PtySize, rejected, signalOrRejection } from '../schemas.js';
 import { fromConnect, RemoteError, RemoteErrorCode, type RpcContext } from './errors.js';
@@ -50,7 +53,8 @@ export interface EndEvent {
 export interface ProcessCalls {
   sendInput(pid: number, data: Uint8Array, pty: boolean): Promise<void>;
   closeStdin(pid: number): Promise<void>;
-  signal(pid: number, signal: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+  /** A signal number (envd's enum values are the numbers; the binary codec carries any). */
+  signal(pid: number, signal: number): Promise<void>;
   resize(pid: number, cols: number, rows: number): Promise<void>;
 }
 
@@ -115,10 +119,9 @@ export class RemoteProcess {
   readonly pty: boolean;
   private readonly out = new PacedReadable();
   private readonly err = new PacedReadable();
-  private resolvePid!: (pid: number) => void;
-  private rejectPid!: (err: Error) => void;
-  private resolveResult!: (r: ProcessResult) => void;
-  private rejectResult!: (err: Error) => void;
+  // Awaiting them still sees a rejection; ignoring them must not end the caller's process.
+  private readonly pidKnown = deferred<number>();
+  private readonly ending = deferred<ProcessResult>();
   private knownPid: number | undefined;
   private ended = false;
   private timedOut = false;
@@ -132,18 +135,8 @@ export class RemoteProcess {
     this.pty = opts.pty;
     this.stdout = this.out;
     this.stderr = this.err;
-    this.pid = handled(
-      new Promise((resolve, reject) => {
-        this.resolvePid = resolve;
-        this.rejectPid = reject;
-      }),
-    );
-    this.result = handled(
-      new Promise((resolve, reject) => {
-        this.resolveResult = resolve;
-        this.rejectResult = reject;
-      }),
-    );
+    this.pid = this.pidKnown.promise;
+    this.result = this.ending.promise;
     this.stdin = opts.withStdin ? this.makeStdin() : null;
     if (opts.timeoutMs !== undefined) {
       this.timer = setTimeout(() => {
@@ -156,29 +149,14 @@ export class RemoteProcess {
 
   /**
    * Sends a signal to the command's process group. The daemon's API carries
-   * SIGTERM and SIGKILL only: other valid signals reject with
-   * ERR_REMOTE_UNSUPPORTED, unknown ones with ERR_SANDBOX_BAD_SIGNAL. A
-   * command that already ended is left alone.
+   * (any signal the guest knows; unknown ones reject with
+   * ERR_SANDBOX_BAD_SIGNAL). A command that already ended is left alone.
    */
   signal(signal: NodeJS.Signals | string | number = 'SIGTERM'): Promise<void> {
     const num = signalOrRejection(signal);
     if (typeof num !== 'number') return num;
-    const name = num === 15 ? 'SIGTERM' : num === 9 ? 'SIGKILL' : undefined;
-    if (!name) {
-      return rejected(
-        new RemoteError(
-          RemoteErrorCode.UNSUPPORTED,
-          `the daemon can send SIGTERM and SIGKILL only, not ${String(signal)}`,
-          {
-            signal: String(signal),
-          },
-        ),
-      );
-    }
     if (this.ended) return Promise.resolve();
-    return handled(
-      this.pid.then((pid) => this.calls.signal(pid, name)).catch((err) => this.unlessEnded(err)),
-    );
+    return handled(this.pid.then((pid) => this.calls.signal(pid, num)).catch((err) => this.unlessEnded(err)));
   }
 
   /**
@@ -217,7 +195,7 @@ export class RemoteProcess {
 
   private kill(): Promise<void> {
     if (this.ended) return Promise.resolve();
-    return this.pid.then((pid) => this.calls.signal(pid, 'SIGKILL')).catch(() => {});
+    return this.pid.then((pid) => this.calls.signal(pid, Signal.SIGKILL)).catch(() => {});
   }
 
   /** Errors of calls that raced the command's end are not errors. */
@@ -266,7 +244,7 @@ export class RemoteProcess {
         if (!ev) continue;
         if (ev.case === 'start') {
           this.knownPid = ev.value.pid;
-          this.resolvePid(ev.value.pid);
+          this.pidKnown.resolve(ev.value.pid);
         } else if (ev.case === 'data') {
           const o = ev.value.output;
           if (o.case === undefined || o.value.length === 0) continue;
@@ -306,11 +284,11 @@ export class RemoteProcess {
       );
     }
     if (result) {
-      this.resolvePid(this.knownPid ?? -1);
-      this.resolveResult(result);
+      this.pidKnown.resolve(this.knownPid ?? -1);
+      this.ending.resolve(result);
     } else {
-      this.rejectPid(failure!);
-      this.rejectResult(failure!);
+      this.pidKnown.reject(failure!);
+      this.ending.reject(failure!);
     }
   }
 }

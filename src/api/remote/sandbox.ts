@@ -8,7 +8,7 @@
  */
 import { z } from 'zod';
 import type { VmState } from '../../actors/vm/messages.js';
-import { Signal } from '../../protocol/envd/index.js';
+import type { Signal } from '../../protocol/envd/index.js';
 import type { Command, ExecOptions, ExecResult, SpawnOptions } from '../sandbox.js';
 import {
   checkCommand,
@@ -182,7 +182,7 @@ export class RemoteSandbox {
           rpc.sendSignal(
             {
               process: { selector: { case: 'pid', value: pid } },
-              signal: signal === 'SIGKILL' ? Signal.SIGKILL : Signal.SIGTERM,
+              signal: signal as Signal,
             },
             opts(),
           ),

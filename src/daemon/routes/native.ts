@@ -35,7 +35,7 @@ import {
   SandboxOptionsSchema,
 } from '../../api/schemas.js';
 import { DaemonError, DaemonErrorCode } from '../errors.js';
-import { findSandbox, parseMetadataQuery, SandboxSummarySchema, summarize } from '../sandboxes.js';
+import { findSandbox, foundOf, parseMetadataQuery, SandboxSummarySchema, summarize } from '../sandboxes.js';
 import type { Daemon } from '../server.js';
 
 const IdParam = z.object({ id: z.string().min(1).max(128) });
@@ -87,7 +87,7 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
     { schema: { tags, querystring: z.object({ metadata: z.string().max(8192).optional() }) } },
     (req) => {
       const metadata = parseMetadataQuery(req.query.metadata);
-      return rt.sandboxes({ metadata }).map((s) => summarize(findSandbox(rt, String(s.id))));
+      return rt.sandboxes({ metadata }).map((s) => summarize(foundOf(rt, s)));
     },
   );
 
@@ -104,7 +104,7 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
       const s = await d.metrics.timeCreate(req.body?.backend ?? 'auto', () =>
         rt.createSandbox(req.body ?? {}),
       );
-      const found = findSandbox(rt, String(s.id));
+      const found = foundOf(rt, s);
       return reply.code(201).send({ ...summarize(found), accessToken: found.record.accessToken });
     },
   );

@@ -22,7 +22,7 @@ import { sandboxMetrics } from '../../../api/sandbox-metrics.js';
 import { Env, Metadata } from '../../../api/schemas.js';
 import { ENVD_VERSION } from '../../envd-version.js';
 import { DaemonError, DaemonErrorCode } from '../../errors.js';
-import { type Found, findSandbox, parseMetadataQuery } from '../../sandboxes.js';
+import { type Found, findSandbox, foundOf, parseMetadataQuery } from '../../sandboxes.js';
 import type { Daemon } from '../../server.js';
 
 const tags = ['e2b'];
@@ -107,7 +107,7 @@ export function registerE2bRoutes(app: FastifyInstance, d: Daemon): void {
         network: body.allow_internet_access === false ? { allowOut: [] } : undefined,
       }),
     );
-    return reply.code(201).send(created(find(rt.record(s.id)!.key)));
+    return reply.code(201).send(created(foundOf(rt, s)));
   };
   typed.post('/sandboxes', { schema: { tags, body: NewSandbox } }, create);
   typed.post('/v2/sandboxes', { schema: { tags, body: NewSandbox } }, create);
@@ -120,7 +120,7 @@ export function registerE2bRoutes(app: FastifyInstance, d: Daemon): void {
     const rows = wantRunning
       ? rt
           .sandboxes({ metadata: parseMetadataQuery(q.metadata) })
-          .map((s) => detail(find(rt.record(s.id)!.key)))
+          .map((s) => detail(foundOf(rt, s)))
           .sort((a, b) => a.sandboxID.localeCompare(b.sandboxID, 'en', { numeric: true }))
       : [];
     // Paging: the token is the last sandboxID of the previous page.

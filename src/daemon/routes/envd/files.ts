@@ -2,7 +2,8 @@
  * envd's plain HTTP file routes, for the sandbox named by E2b-Sandbox-Id:
  *
  *   GET  /files?path=P[&username=U]   the file's bytes (application/octet-stream), streamed
- *   POST /files?path=P[&username=U]   upload: the raw body (application/octet-stream),
+ *   POST /files?path=P[&username=U][&mode=0644]   upload (mode: octal, actorvm's own;
+ *                                      default 0644): the raw body (application/octet-stream),
  *                                      or multipart/form-data with one or more `file`
  *                                      parts (each part's filename is its path when
  *                                      `path` is not given). Answers [{name, type, path}].
@@ -87,6 +88,15 @@ function semaphore(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
 interface FileQuery {
   path?: string;
   username?: string;
+  mode?: string;
+}
+
+/** The `mode` query parameter (octal permission bits). Throws ERR_DAEMON_BAD_REQUEST. */
+function modeOf(q: string | undefined): number | undefined {
+  if (q === undefined) return undefined;
+  if (!/^[0-7]{1,4}$/.test(q))
+    throw new DaemonError(DaemonErrorCode.BAD_REQUEST, `mode must be octal permission bits, got '${q}'`);
+  return Number.parseInt(q, 8);
 }
 
 export async function registerFileRoutes(app: FastifyInstance, d: Daemon, spoolDir: string): Promise<void> {
@@ -133,15 +143,16 @@ export async function registerFileRoutes(app: FastifyInstance, d: Daemon, spoolD
       { schema: { hide: true } },
       async (req: FastifyRequest<{ Querystring: FileQuery }>, reply: FastifyReply) => {
         const { sandbox } = sandboxOf(d, req);
+        const mode = modeOf(req.query.mode);
         const written: { name: string; type: 'file'; path: string }[] = [];
         const put = async (path: string, body: Readable, size: number | undefined) => {
           await sandbox.files.mkdir(posix.dirname(path));
           if (size !== undefined) {
-            await sandbox.files.write(path, body, { size });
+            await sandbox.files.write(path, body, { size, mode });
           } else {
             await spooling(() =>
               spooled(spoolDir, body, (file, n) =>
-                sandbox.files.write(path, createReadStream(file), { size: n }),
+                sandbox.files.write(path, createReadStream(file), { size: n, mode }),
               ),
             );
           }

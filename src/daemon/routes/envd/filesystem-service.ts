@@ -32,8 +32,6 @@ export const MAX_LIST_ENTRIES = 10_000;
 export const MAX_WATCHER_EVENTS = 4096;
 /** Bytes of event names one watcher's queue holds at most (names run up to 4 KiB). */
 export const MAX_WATCHER_BYTES = 1 << 20;
-/** Polling watchers per sandbox. */
-export const MAX_WATCHERS = 64;
 /** A polling watcher nobody asked for events this long is closed (it holds an agent watch). */
 export const WATCHER_IDLE_MS = 10 * 60_000;
 
@@ -109,32 +107,6 @@ function entryOf(path: string, st: Record<string, unknown>) {
   };
 }
 
-/**
- * The agent writes files atomically: content goes to `.NAME.avm-XXXXXXXX`
- * (guest/agent/op_file.c), which is then renamed over NAME. A watcher would
- * see the temporary file's create/write/chmod/rename, then a create of NAME;
- * E2B clients expect NAME's create and write. `envdEvents` hides the
- * temporary name and reports the rename's arrival as create + write.
- */
-const ATOMIC_TEMP = /(^|\/)\.([^/]+)\.avm-[0-9a-f]{8}$/;
-
-function envdEvents(): (e: WatchEvent) => { name: string; type: EventType }[] {
-  const renamedTemps = new Set<string>();
-  return (e) => {
-    if (ATOMIC_TEMP.test(e.name)) {
-      if (e.type === 'rename') renamedTemps.add(e.name.replace(ATOMIC_TEMP, '$1$2'));
-      return [];
-    }
-    if (e.type === 'create' && renamedTemps.delete(e.name)) {
-      return [
-        { name: e.name, type: EventType.CREATE },
-        { name: e.name, type: EventType.WRITE },
-      ];
-    }
-    return [{ name: e.name, type: eventType[e.type] }];
-  };
-}
-
 interface PollingWatcher {
   sandboxKey: string;
   watcher: SandboxWatcher;
@@ -145,8 +117,6 @@ interface PollingWatcher {
 
 export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
   const watchers = new Map<string, PollingWatcher>();
-  /** CreateWatcher calls still arming, per sandbox: they count against MAX_WATCHERS. */
-  const arming = new Map<string, number>();
   /** Closes polling watchers nobody polled for WATCHER_IDLE_MS (checked on every watcher call, no timer). */
   const sweep = (now = Date.now()): void => {
     for (const [id, w] of watchers) {
@@ -246,10 +216,9 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
         wake = undefined;
         w?.();
       };
-      const translate = envdEvents();
       watcher.on('event', (e: WatchEvent) => {
         // The agent bounds what it sends; this queue only holds what the socket has not taken yet.
-        for (const ev of translate(e)) queue.push(ev);
+        queue.push({ name: e.name, type: eventType[e.type] });
         notify();
       });
       watcher.on('error', (err: Error) => {
@@ -285,24 +254,10 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
         const f = found(ctx);
         sweep();
         const key = f.record.key;
-        const mine =
-          [...watchers.values()].filter((w) => w.sandboxKey === key).length + (arming.get(key) ?? 0);
-        if (mine >= MAX_WATCHERS) {
-          throw new ConnectError(
-            `a sandbox may have at most ${MAX_WATCHERS} watchers`,
-            Code.ResourceExhausted,
-          );
-        }
         const path = guestPath(req.path, userOf(ctx));
-        arming.set(key, (arming.get(key) ?? 0) + 1);
-        let watcher: SandboxWatcher;
-        try {
-          watcher = await f.sandbox.files.watch(path, { recursive: req.recursive });
-        } finally {
-          const n = (arming.get(key) ?? 1) - 1;
-          if (n > 0) arming.set(key, n);
-          else arming.delete(key);
-        }
+        // The agent caps a sandbox's watches (streaming and polling alike): past it this is
+        // ERR_AGENT_WATCH_LIMIT, resource_exhausted.
+        const watcher = await f.sandbox.files.watch(path, { recursive: req.recursive });
         const id = randomUUID();
         const entry: PollingWatcher = {
           sandboxKey: key,
@@ -310,9 +265,8 @@ export function filesystemService(d: Daemon): ServiceImpl<typeof Filesystem> {
           events: new EventBuffer(),
           lastPoll: Date.now(),
         };
-        const translate = envdEvents();
         watcher.on('event', (e: WatchEvent) => {
-          for (const ev of translate(e)) entry.events.push(ev);
+          entry.events.push({ name: e.name, type: eventType[e.type] });
         });
         watcher.on('error', (err: Error) => {
           entry.failed = toConnectError(err);

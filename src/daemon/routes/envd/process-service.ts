@@ -161,10 +161,15 @@ export function processService(d: Daemon): ServiceImpl<typeof Process> {
 
     async sendSignal(req, ctx) {
       const mp = select(found(ctx), req.process);
-      const name =
-        req.signal === Signal.SIGKILL ? 'SIGKILL' : req.signal === Signal.SIGTERM ? 'SIGTERM' : undefined;
-      if (!name) throw new ConnectError(`unsupported signal ${req.signal}`, Code.InvalidArgument);
-      await mp.proc.signal(name);
+      // envd's enum names SIGTERM and SIGKILL; its values are the signal numbers, and proto3
+      // enums are open, so a client may send any other number (actorvm's remote client does).
+      const num: number = req.signal;
+      if (num === Signal.UNSPECIFIED) throw new ConnectError('a signal is required', Code.InvalidArgument);
+      try {
+        await mp.proc.signal(num);
+      } catch (err) {
+        throw toConnectError(err);
+      }
       return {};
     },
 
