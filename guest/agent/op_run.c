@@ -1,7 +1,7 @@
 /*
- * run: fork a command into its own session with three pipes, stream its output
- * under the host's credit, feed its stdin under ours, enforce its timeout on the
- * whole process group, and report how it ended.
+ * run: spawn a command (vfork + exec) into its own session with three pipes,
+ * stream its output under the host's credit, feed its stdin under ours, enforce
+ * its timeout on the whole process group, and report how it ended.
  *
  * A run ends (EXIT is sent) when the leader has been reaped AND both output
  * pipes reached EOF, so the last output always precedes EXIT. A background
@@ -134,6 +134,27 @@ static void child_exec(const struct run_req *r, char **env, const char *file, ch
 	child_fail(report_fd, 'e', errno);
 }
 
+/*
+ * vfork: the child borrows the agent's memory until it execs, so nothing is
+ * copied (no page tables, no copy-on-write faults afterwards): under QEMU's
+ * TCG that is a large part of what a spawn costs. The agent is suspended
+ * until the child execs or fails; the child makes only system calls, and the
+ * one thing it writes that we share, `environ`, is put back as we resume.
+ * Kept in its own function so nothing of the caller's frame can be clobbered.
+ */
+static __attribute__((noinline)) pid_t spawn_child(const struct run_req *r, char **env, const char *file,
+						    char **argv, int in_fd, int out_fd, int err_fd, int report_fd)
+{
+	char **saved = environ;
+	pid_t pid = vfork();
+	if (pid == 0)
+		child_exec(r, env, file, argv, in_fd, out_fd, err_fd, report_fd);
+	int e = errno;
+	environ = saved;
+	errno = e;
+	return pid;
+}
+
 static int make_pipe(int p[2])
 {
 	if (pipe2(p, O_CLOEXEC) < 0)
@@ -218,9 +239,7 @@ int run_start(struct stream *s)
 		argv = shargv;
 	}
 
-	pid_t pid = fork();
-	if (pid == 0)
-		child_exec(&r, env, file, argv, pin[0], pout[1], r.pty ? pout[1] : perr[1], rep[1]);
+	pid_t pid = spawn_child(&r, env, file, argv, pin[0], pout[1], r.pty ? pout[1] : perr[1], rep[1]);
 	int fork_err = errno;
 	close(pout[1]);
 	if (perr[1] >= 0)

@@ -13,17 +13,18 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { LevelWithSilent } from 'pino';
 import type { Piscina } from 'piscina';
-import { type NetworkOptions, resolveNetConfig } from '../actors/net/config.js';
+import { type NetConfig, type NetworkOptions, resolveNetConfig } from '../actors/net/config.js';
 import { NetworkService } from '../actors/net/network-service.js';
+import type { PoolConfig } from '../actors/pool/pool-key.js';
+import { type Pool, PoolService } from '../actors/pool/pool-service.js';
 import { sweepStaleIdLocks } from '../actors/vm/backends/id-ranges.js';
 import { probeAccel } from '../actors/vm/backends/kvm-probe.js';
 import { reapStaleRunDirs } from '../actors/vm/backends/run-dir.js';
-import type { VmInfo } from '../actors/vm/messages.js';
-import VmActor, { type VmArgs } from '../actors/vm/vm-actor.js';
+import { type BootedMachine, SandboxFactory } from '../actors/vm/sandbox-factory.js';
 import { createImagePool } from '../images/pool.js';
 import type { ImageSpec } from '../images/spec.js';
 import { ImageStore } from '../images/store.js';
@@ -49,6 +50,14 @@ export interface RuntimeOptions {
   log?: { level?: LevelWithSilent; file?: string };
   /** Backend when a sandbox does not name one: 'auto' = QEMU when KVM works, else namespaces. */
   backend?: BackendChoice;
+  /** Warm pools to start (they fill in the background; `pool.ready()` waits). */
+  pools?: PoolConfig[];
+  /** The first create of a key no pool serves starts a pool for it, with these settings. */
+  lazyPools?: Pick<PoolConfig, 'min' | 'max' | 'idleTtlMs' | 'claimTimeoutMs'>;
+  /** Guest memory all pools' machines may hold together (default 75% of host memory). */
+  poolMemoryMiB?: number;
+  /** Pool boots at once across all pools (default one per core). */
+  poolBootConcurrency?: number;
 }
 
 export interface ForwardOption {
@@ -72,6 +81,12 @@ export interface SandboxOptions {
   timeoutMs?: number;
   /** Labels (E2B metadata), listed and filtered by `rt.sandboxes({ metadata })`. */
   metadata?: Record<string, string>;
+  /**
+   * 'auto' (default): claim from the pool of this image/backend/memory/cpus if
+   * one runs (or start one, with `lazyPools`), else boot; 'never': always boot;
+   * 'always': claim, starting a pool for the key if none runs.
+   */
+  pool?: 'auto' | 'never' | 'always';
 }
 
 export type { SandboxRecord } from './sandbox-record.js';
@@ -79,26 +94,54 @@ export type { SandboxRecord } from './sandbox-record.js';
 interface Entry {
   sandbox: Sandbox;
   record: SandboxRecord;
-  vm: ActorRef<any, string>;
-  runDir: string;
+  machine: BootedMachine;
 }
+
+/** Network options that change the guest's addressing: a pooled machine cannot take them, so they boot cold. */
+const ADDRESSING = ['guestIp', 'gatewayIp', 'dnsIp', 'prefix', 'mtu'] as const;
 
 export class Runtime implements SandboxHost {
   private readonly entries = new Map<number, Entry>();
-  private nextSandbox = 1;
   private stopping: Promise<void> | undefined;
   private accel: Promise<'kvm' | 'tcg'> | undefined;
+  /** Makes and unmakes machines, for cold creates and pools alike. */
+  readonly factory: SandboxFactory;
+  /** The warm pools. */
+  readonly pools: PoolService;
 
   private constructor(
     readonly registry: SinkRegistry,
     readonly system: ActorSystem,
     readonly net: NetworkService,
     readonly images: ImageStore,
-    private readonly pool: Piscina,
-    private readonly sink: ActorRef<any, void>,
-    private readonly home: string,
+    private readonly imagePool: Piscina,
+    sink: ActorRef<any, void>,
+    home: string,
     private readonly defaultBackend: BackendChoice,
-  ) {}
+    private readonly lazyPools: RuntimeOptions['lazyPools'],
+    poolLimits: { memoryMiB?: number; bootConcurrency?: number },
+  ) {
+    this.factory = new SandboxFactory(
+      system,
+      net,
+      images,
+      {
+        address: sink.address,
+        states: registry.states,
+        add: (sandbox, h) => registry.add(sandbox, h),
+        failSandbox: (sandbox, e) => registry.failSandbox(sandbox, e),
+      },
+      join(home, 'run', 'vms'),
+    );
+    this.pools = new PoolService(
+      system,
+      this.factory,
+      // A pool that does not name its backend gets the runtime's default, as a create does.
+      (b) => this.chooseBackend(b === undefined || b === 'auto' ? this.defaultBackend : b),
+      system.log,
+      poolLimits,
+    );
+  }
 
   /**
    * A runtime served by a daemon (`actorctl serve`), over its control socket
@@ -110,7 +153,7 @@ export class Runtime implements SandboxHost {
     return connectRuntime(opts);
   }
 
-  /** Starts a runtime. Throws ERR_RUNTIME_BAD_OPTIONS. */
+  /** Starts a runtime (and its pools, which fill in the background). Throws ERR_RUNTIME_BAD_OPTIONS. */
   static async start(opts: RuntimeOptions = {}): Promise<Runtime> {
     opts = check(RuntimeOptionsSchema, opts ?? {}, SandboxErrorCode.BAD_RUNTIME_OPTIONS, 'runtime options');
     const home = opts.home ?? actorvmHome();
@@ -129,12 +172,29 @@ export class Runtime implements SandboxHost {
     if (stale.dirs > 0 || stale.idLocks > 0)
       system.log.info({ event: 'runtime.stale_cleaned', ...stale }, 'cleaned up after a dead runtime');
     const net = await NetworkService.start(system);
-    const pool = createImagePool();
-    const images = new ImageStore({ home, pool, log: system.log });
+    const imagePool = createImagePool();
+    const images = new ImageStore({ home, pool: imagePool, log: system.log });
     const registry = new SinkRegistry();
     const sink = await system.spawnLocal(SinkKind, { registry }, { name: 'sandbox-sink' });
-    const rt = new Runtime(registry, system, net, images, pool, sink, home, opts.backend ?? 'auto');
+    const rt = new Runtime(
+      registry,
+      system,
+      net,
+      images,
+      imagePool,
+      sink,
+      home,
+      opts.backend ?? 'auto',
+      opts.lazyPools,
+      { memoryMiB: opts.poolMemoryMiB, bootConcurrency: opts.poolBootConcurrency },
+    );
     system.on('escalation', (e: { actor: { id: number } }) => rt.onEscalation(e.actor.id));
+    try {
+      for (const p of opts.pools ?? []) await rt.pools.start(p);
+    } catch (err) {
+      await rt.stop();
+      throw err;
+    }
     return rt;
   }
 
@@ -142,81 +202,134 @@ export class Runtime implements SandboxHost {
    * Creates a sandbox and resolves once its agent answered (or rejects with why
    * it could not boot). Options are checked first (ERR_SANDBOX_BAD_OPTIONS,
    * ERR_NET_BAD_CONFIG, ERR_NET_BAD_RULE, ERR_IMAGE_*): nothing is created for
-   * a bad one.
+   * a bad one. With a pool for its image, backend, memory and cpus, the
+   * sandbox is claimed from it (ERR_POOL_EXHAUSTED when the pool stays full
+   * past its claim timeout) and the rest of the options are bound to it
+   * before this resolves.
    */
   async createSandbox(opts: SandboxOptions = {}): Promise<Sandbox> {
+    const started = performance.now();
     opts = checkOptions(SandboxOptionsSchema, opts);
     if (this.stopping) throw new SandboxError(SandboxErrorCode.STOPPED, 'the runtime is stopping');
     const { forwards = [], ...netOptions } = opts.network ?? {};
     const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
-    const image = await this.images.ensure(opts.image ?? 'base');
     const backend = await this.chooseBackend(opts.backend ?? this.defaultBackend);
-    const id = this.nextSandbox++;
-    const runDir = join(this.home, 'run', 'vms', `${process.pid}-${id}`);
-    const args: VmArgs = {
-      sandbox: id,
-      backend,
-      image,
-      memoryMiB: opts.memoryMiB ?? 256,
-      cpus: opts.cpus ?? 1,
-      env: opts.env,
-      net: config,
-      mac: macFor(id),
-      hostname: opts.hostname ?? `sandbox-${id}`,
-      runDir,
-      shards: this.net.shardAddresses,
-      hashKey: this.net.hashKey,
-      sink: this.sink.address,
-      agentTimeoutMs: opts.bootTimeoutMs ?? 120_000,
-    };
-    const vm = await this.system.spawn(VmActor, args, { name: `vm-${id}` });
-    let info: VmInfo;
+    const pool = await this.poolFor(opts, backend, netOptions);
+    let machine: BootedMachine;
+    let hit = false;
+    if (pool) {
+      const claim = await this.pools.claim(pool);
+      machine = claim.machine;
+      hit = claim.hit;
+      try {
+        await this.bind(machine, config, opts.hostname);
+      } catch (err) {
+        await this.pools.release(machine.sandbox, true);
+        throw err;
+      }
+    } else {
+      machine = await this.bootCold(opts, backend, config);
+    }
     try {
-      await this.net.attach(id, vm.address, config);
-      info = JSON.parse(
-        await vm.ask({ type: 'ready' }, { timeoutMs: (opts.bootTimeoutMs ?? 120_000) + 10_000 }),
-      );
       for (const f of forwards) {
         const rule = typeof f === 'number' ? { guestPort: f } : f;
-        await this.net.forward(id, rule);
+        await this.net.forward(machine.sandbox, rule);
       }
     } catch (err) {
-      await this.teardown(id, vm, runDir);
-      const e = err as { code?: string; message?: string; details?: Record<string, unknown> };
-      throw new SandboxError(
-        e.code?.startsWith('ERR_VM_') ? e.code : 'ERR_SANDBOX_BOOT_FAILED',
-        `sandbox ${id} did not boot: ${e.message}`,
-        { ...e.details, cause: e.code },
-      );
+      await this.unmake(machine);
+      throw err;
     }
+    const id = machine.sandbox;
+    const ms = performance.now() - started;
     const record: SandboxRecord = {
       key: `${id}-${randomBytes(6).toString('hex')}`,
-      image: typeof opts.image === 'object' ? opts.image.name : (opts.image ?? 'base'),
-      memoryMiB: args.memoryMiB,
-      cpus: args.cpus,
+      image: machine.image,
+      memoryMiB: machine.memoryMiB,
+      cpus: machine.cpus,
       metadata: Object.freeze({ ...opts.metadata }),
+      env: Object.freeze({ ...opts.env }),
       lifetime: new Lifetime(new Date(), () => this.expire(id)),
       processes: new ProcessTable(this.system.log.child({ sandbox: id })),
       accessToken: randomBytes(20).toString('hex'),
+      claim: pool ? { pool: pool.name, hit, ms: Math.round(ms * 1000) / 1000 } : undefined,
     };
-    const sandbox = new Sandbox(id, backend, vm, this, info, record);
-    this.registry.states.set(id, (state) => {
-      sandbox.state = state as Sandbox['state'];
-    });
+    const sandbox = new Sandbox(id, machine.backend, machine.vm, this, machine.info, record);
+    sandbox.state = machine.state;
+    machine.onState = (state) => {
+      sandbox.state = state;
+    };
     record.lifetime.set(opts.timeoutMs);
-    this.entries.set(id, { sandbox, record, vm, runDir });
+    this.entries.set(id, { sandbox, record, machine });
+    if (pool) this.pools.bound(machine, ms);
     this.system.log.info(
       {
         event: 'sandbox.ready',
         sandbox: id,
         key: record.key,
-        backend,
+        backend: machine.backend,
         image: record.image,
+        pool: pool?.name,
+        ms: Math.round(ms * 1000) / 1000,
         timeoutMs: opts.timeoutMs,
       },
       'sandbox ready',
     );
     return sandbox;
+  }
+
+  /** The pool a create claims from, if any: same key, no addressing of its own, not opted out. */
+  private async poolFor(
+    opts: SandboxOptions,
+    backend: 'qemu' | 'namespace',
+    net: NetworkOptions,
+  ): Promise<Pool | undefined> {
+    if (opts.pool === 'never' || typeof opts.image === 'object') return undefined;
+    if (ADDRESSING.some((k) => net[k] !== undefined)) return undefined;
+    const key = {
+      image: opts.image ?? 'base',
+      backend,
+      memoryMiB: opts.memoryMiB ?? 256,
+      cpus: opts.cpus ?? 1,
+    };
+    const found = this.pools.find(key);
+    if (found || (opts.pool !== 'always' && !this.lazyPools)) return found;
+    return this.pools.ensure({ ...this.lazyPools, ...key });
+  }
+
+  /** A claimed machine takes the claimant's options: policy and timeouts on the shards, hostname in the guest. */
+  private async bind(machine: BootedMachine, config: NetConfig, hostname: string | undefined): Promise<void> {
+    await this.net.rebind(machine.sandbox, config);
+    machine.net = config;
+    if (hostname !== undefined && hostname !== machine.hostname) {
+      await machine.vm.ask({ type: 'rebind', hostname });
+      machine.hostname = hostname;
+    }
+  }
+
+  private async bootCold(
+    opts: SandboxOptions,
+    backend: 'qemu' | 'namespace',
+    config: NetConfig,
+  ): Promise<BootedMachine> {
+    try {
+      return await this.factory.boot({
+        image: opts.image ?? 'base',
+        backend,
+        memoryMiB: opts.memoryMiB ?? 256,
+        cpus: opts.cpus ?? 1,
+        net: config,
+        hostname: opts.hostname,
+        bootTimeoutMs: opts.bootTimeoutMs ?? 120_000,
+      });
+    } catch (err) {
+      const e = err as { code?: string; message?: string; details?: Record<string, unknown> };
+      if (e.code?.startsWith('ERR_IMAGE_')) throw err;
+      throw new SandboxError(
+        e.code?.startsWith('ERR_VM_') ? e.code : SandboxErrorCode.BOOT_FAILED,
+        `sandbox did not boot: ${e.message}`,
+        { ...e.details, cause: e.code },
+      );
+    }
   }
 
   /** Live sandboxes, optionally those whose metadata has every given key and value. */
@@ -261,11 +374,16 @@ export class Runtime implements SandboxHost {
     void this.kill(id).catch(() => {});
   }
 
-  /** Stops every sandbox, then the system. Idempotent. */
+  /** Drains the pools, stops every sandbox, then the system. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      await this.pools
+        .drainAll()
+        .catch((err) => this.system.log.error({ event: 'pool.drain_failed', err }, 'pools did not drain'));
       await Promise.all([...this.entries.keys()].map((id) => this.kill(id).catch(() => {})));
-      await this.pool.destroy();
+      // Whatever is left (a machine between a pool and its claimant) goes too.
+      await Promise.all(this.factory.all().map((m) => this.factory.destroy(m.sandbox)));
+      await this.imagePool.destroy();
       await this.system.shutdown();
     })();
     return this.stopping;
@@ -289,24 +407,20 @@ export class Runtime implements SandboxHost {
     e.record.lifetime.clear();
     e.record.processes.close();
     // Killed is final: the VM actor's later 'stopping' must not overwrite it.
-    this.registry.states.delete(sandbox);
+    e.machine.onState = undefined;
     e.sandbox.markKilled();
     this.system.log.info({ event: 'sandbox.killed', sandbox }, 'sandbox killed');
-    await this.teardown(sandbox, e.vm, e.runDir);
+    await this.unmake(e.machine);
   }
 
-  private async teardown(id: number, vm: ActorRef<any, string>, runDir: string): Promise<void> {
-    await this.net.detach(id).catch(() => {});
-    await this.system.stop(vm).catch(() => false);
-    rmSync(runDir, { recursive: true, force: true });
-    this.registry.states.delete(id);
-    // Whatever the VM actor did not answer before it went away ends now.
-    this.registry.failSandbox(id, { code: 'ERR_SANDBOX_STOPPED', message: `sandbox ${id} was stopped` });
+  /** A pooled machine goes back through its pool (which refills); a cold one straight to the factory. */
+  private unmake(m: BootedMachine): Promise<void> {
+    return m.pool ? this.pools.release(m.sandbox) : this.factory.destroy(m.sandbox);
   }
 
   private onEscalation(actorId: number): void {
     for (const [id, e] of this.entries) {
-      if (e.vm.id !== actorId) continue;
+      if (e.machine.vm.id !== actorId) continue;
       e.sandbox.state = 'failed';
       this.system.log.error({ event: 'sandbox.failed', sandbox: id }, 'sandbox VM actor failed');
     }
@@ -317,10 +431,4 @@ export class Runtime implements SandboxHost {
     this.accel ??= probeAccel().catch(() => 'tcg' as const);
     return (await this.accel) === 'kvm' ? 'qemu' : 'namespace';
   }
-}
-
-/** A locally administered, per-sandbox MAC address. */
-function macFor(id: number): string {
-  const b = [0x52, 0x54, 0x00, (id >>> 16) & 0xff, (id >>> 8) & 0xff, id & 0xff];
-  return b.map((x) => x.toString(16).padStart(2, '0')).join(':');
 }

@@ -14,9 +14,13 @@ export interface SandboxRecord {
   readonly memoryMiB: number;
   readonly cpus: number;
   readonly metadata: Readonly<Record<string, string>>;
+  /** Environment of every command (under the command's own); bound at create, or at a pool claim. */
+  readonly env: Readonly<Record<string, string>>;
   readonly lifetime: Lifetime;
   /** Processes started through the daemon, which outlive their clients. */
   readonly processes: ProcessTable;
   /** Secret for the in-sandbox API on TCP (E2B envdAccessToken). */
   readonly accessToken: string;
+  /** Set when the sandbox was claimed from a warm pool: which, whether a machine was idle (hit), and the create's ms. */
+  readonly claim?: { readonly pool: string; readonly hit: boolean; readonly ms: number };
 }

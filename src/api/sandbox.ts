@@ -128,6 +128,11 @@ export class Sandbox {
     return this.record.metadata;
   }
 
+  /** How it was claimed from a warm pool (pool, hit, ms), or undefined when it booted cold. */
+  get claim(): SandboxRecord['claim'] {
+    return this.record.claim;
+  }
+
   /** When the runtime will kill the sandbox, or undefined when it lives until killed. */
   get endAt(): Date | undefined {
     return this.record.lifetime.endAt;
@@ -148,7 +153,9 @@ export class Sandbox {
    */
   spawn(cmd: Command, opts: SpawnOptions = {}): SandboxProcess {
     opts = checkOptions(SpawnOptionsSchema, opts);
-    cmd = checkCommand(cmd, opts.env);
+    // The sandbox's environment (given at create or claim) under the command's own.
+    const env = Object.keys(this.record.env).length > 0 ? { ...this.record.env, ...opts.env } : opts.env;
+    cmd = checkCommand(cmd, env);
     if (this.killed) throw this.stoppedError();
     const registry = this.host.registry;
     const vm = this.vm;
@@ -168,7 +175,7 @@ export class Sandbox {
     id = registry.add(this.id, proc);
     const request = {
       cmd: typeof cmd === 'string' ? { shell: cmd, login: opts.login } : { argv: cmd },
-      env: opts.env,
+      env,
       cwd: opts.cwd,
       timeoutMs: opts.timeoutMs,
       stdin: opts.stdin === 'pipe' || opts.pty !== undefined,

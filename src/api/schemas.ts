@@ -14,6 +14,7 @@ import os from 'node:os';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { NetworkOptionsSchema } from '../actors/net/config.js';
+import { PoolConfigSchema, PoolSizingSchema } from '../actors/pool/pool-key.js';
 import { signalNumber } from '../protocol/agent-signals.js';
 import { SandboxError, SandboxErrorCode } from './errors.js';
 
@@ -89,6 +90,7 @@ export const SandboxOptionsSchema = z
     /** Kill the sandbox this long after it is ready (extend with setTimeout). */
     timeoutMs: LifetimeMs,
     metadata: Metadata,
+    pool: z.enum(['auto', 'never', 'always']),
   })
   .partial()
   .strict();
@@ -105,6 +107,14 @@ export const RuntimeOptionsSchema = z
       .partial()
       .strict(),
     backend: Backend,
+    pools: z.array(PoolConfigSchema).max(256),
+    lazyPools: PoolSizingSchema,
+    poolMemoryMiB: z
+      .number()
+      .int()
+      .min(64)
+      .max(1 << 30),
+    poolBootConcurrency: z.number().int().min(1).max(256),
   })
   .partial()
   .strict();

@@ -12,6 +12,7 @@
  * same stable codes by `connectCodeFor`.
  */
 import { Code, ConnectError } from '@connectrpc/connect';
+import { PoolErrorCode } from '../actors/pool/errors.js';
 import { ActorvmError } from '../errors.js';
 
 export const DaemonErrorCode = {
@@ -39,6 +40,8 @@ export const DaemonErrorCode = {
   IN_USE: 'ERR_DAEMON_IN_USE',
   /** No actor with that id or name (inspect). */
   NO_SUCH_ACTOR: 'ERR_NO_SUCH_ACTOR',
+  /** No running pool with that name (`image@backend/256m/1c`). */
+  NO_SUCH_POOL: 'ERR_NO_SUCH_POOL',
 } as const;
 
 export class DaemonError extends ActorvmError {}
@@ -55,6 +58,14 @@ const STATUS: Record<string, number> = {
   ERR_NO_SUCH_SANDBOX: 404,
   [DaemonErrorCode.NO_SUCH_ACTOR]: 404,
   [DaemonErrorCode.IN_USE]: 409,
+  [DaemonErrorCode.NO_SUCH_POOL]: 404,
+  // A pool that had no machine in time, or hands out none any more, is a busy service:
+  // 503 is what E2B's SDK reads as "no capacity right now, retry" (ServiceBusyError).
+  [PoolErrorCode.EXHAUSTED]: 503,
+  [PoolErrorCode.DRAINING]: 503,
+  [PoolErrorCode.CAPACITY]: 503,
+  [PoolErrorCode.EXISTS]: 409,
+  [PoolErrorCode.BAD_CONFIG]: 400,
   ERR_PROCESS_NOT_FOUND: 404,
   ERR_PROCESS_TOO_MANY: 429,
   ERR_SANDBOX_STOPPED: 410,
@@ -139,7 +150,7 @@ export function connectCodeFor(err: unknown): Code {
   if (status === 409) return Code.FailedPrecondition;
   if (status === 410) return Code.Unavailable;
   if (status === 429) return Code.ResourceExhausted;
-  if (status === 502) return Code.Unavailable;
+  if (status === 502 || status === 503) return Code.Unavailable;
   return Code.Internal;
 }
 

@@ -27,6 +27,8 @@ export const SandboxSummarySchema = z.object({
   pid: z.number().optional(),
   bootMs: z.number().optional(),
   processes: z.number().int(),
+  /** Claimed from a warm pool: which, whether a machine was idle, the create's ms. */
+  claim: z.object({ pool: z.string(), hit: z.boolean(), ms: z.number() }).optional(),
 });
 export type SandboxSummary = z.infer<typeof SandboxSummarySchema>;
 
@@ -69,6 +71,7 @@ export function summarize({ sandbox, record }: Found): SandboxSummary {
     pid: sandbox.boot.pid,
     bootMs: sandbox.boot.bootMs,
     processes: record.processes.list().length,
+    claim: record.claim,
   };
 }
 

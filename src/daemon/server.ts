@@ -16,6 +16,7 @@
  *
  * Routes, by concern (src/daemon/routes):
  *   native.ts          /v1/…: actors, rings, stats, flows, sandboxes (actorctl, Runtime.connect)
+ *   pools.ts           /v1/pools: warm pools' status, start, drain (actorctl pool)
  *   e2b/sandboxes.ts   E2B's control plane (/sandboxes, /v2/sandboxes, …)
  *   envd/*.ts          the in-sandbox API, chosen by the E2b-Sandbox-Id header:
  *                      Connect RPC process.Process and filesystem.Filesystem,
@@ -52,6 +53,7 @@ import { DaemonMetrics } from './metrics.js';
 import { registerE2bRoutes } from './routes/e2b/sandboxes.js';
 import { CONNECT_PATH, registerEnvdRoutes } from './routes/envd/index.js';
 import { registerNativeRoutes } from './routes/native.js';
+import { registerPoolRoutes } from './routes/pools.js';
 
 /** JSON bodies above this are refused with 413. */
 export const MAX_JSON_BODY = 1 << 20;
@@ -231,6 +233,7 @@ export class Daemon {
     });
     const typed = app.withTypeProvider<ZodTypeProvider>();
     registerNativeRoutes(typed, this);
+    registerPoolRoutes(typed, this);
     registerE2bRoutes(typed, this);
     await registerEnvdRoutes(app, this);
     this.metrics.register(typed);

@@ -12,6 +12,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CommandExitError, NotFoundError, Sandbox, TimeoutError } from 'e2b';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveNetConfig } from '../../src/actors/net/config.js';
+import { checkEgress } from '../../src/actors/net/policy.js';
+import { e2bNetwork } from '../../src/daemon/routes/e2b/sandboxes.js';
+import { parseIp } from '../../src/protocol/net/addr.js';
 import { waitFor } from '../support/wait.js';
 import { startTestDaemon, type TestDaemon } from './fixtures/daemon.js';
 
@@ -296,5 +300,19 @@ describe('pty', () => {
     expect(out).toMatch(/\/dev\/pts\/\d+/);
     expect(await sbx.pty.kill(term.pid)).toBe(true);
     await expect(term.wait()).rejects.toBeInstanceOf(CommandExitError);
+  });
+});
+
+describe('allowInternetAccess: false', () => {
+  it('denies every external destination (an empty allow list would allow all)', async () => {
+    const cfg = resolveNetConfig(e2bNetwork(false));
+    expect(checkEgress(cfg, parseIp('192.0.2.1')!, 443)).toMatchObject({ ok: false, reason: 'denied' });
+    expect(checkEgress(cfg, parseIp('10.0.2.2')!, 80)).toMatchObject({ ok: false });
+    expect(e2bNetwork(true)).toBeUndefined();
+    expect(e2bNetwork(undefined)).toBeUndefined();
+    // And the SDK's option reaches a create that works.
+    const sbx = await Sandbox.create({ allowInternetAccess: false });
+    expect((await sbx.commands.run('echo ok')).stdout.trim()).toBe('ok');
+    await sbx.kill();
   });
 });

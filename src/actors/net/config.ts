@@ -17,6 +17,8 @@ export interface EgressRule {
 }
 
 export interface NetPolicy {
+  /** Every new flow refused, DNS included: a pooled sandbox before its claim binds a policy. */
+  sealed: boolean;
   allowOut: EgressRule[];
   denyOut: EgressRule[];
   /** Lets the guest reach the host's loopback through the gateway address. */
@@ -179,6 +181,7 @@ export function resolveNetConfig(options: NetworkOptions = {}): NetConfig {
     dnsUpstream: o.dnsUpstream,
     hostname: o.hostname,
     policy: {
+      sealed: false,
       allowOut,
       denyOut,
       allowHostLoopback: o.allowHostLoopback ?? false,
@@ -194,4 +197,9 @@ export function resolveNetConfig(options: NetworkOptions = {}): NetConfig {
     udpIdleTimeoutMs: o.udpIdleTimeoutMs ?? 30_000,
     verifyChecksums: o.verifyChecksums ?? true,
   };
+}
+
+/** The same addressing with every egress refused: what a pooled sandbox idles with. */
+export function sealedNetConfig(config: NetConfig): NetConfig {
+  return { ...config, policy: { ...config.policy, sealed: true, dns: false, allowOut: [], denyOut: [] } };
 }

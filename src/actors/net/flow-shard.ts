@@ -153,6 +153,29 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         this.detach(msg.sandbox);
         reply('{}');
         return;
+      case 'rebind': {
+        const sb = this.sandboxes.get(msg.sandbox);
+        if (!sb) {
+          reply.error(
+            Object.assign(new Error(`sandbox ${msg.sandbox} is not attached`), {
+              code: 'ERR_NET_NO_SANDBOX',
+            }),
+          );
+          return;
+        }
+        this.detach(msg.sandbox);
+        const config = JSON.parse(msg.config) as NetConfig;
+        this.sandboxes.set(
+          msg.sandbox,
+          new SandboxNet(msg.sandbox, config, sb.link, this.args.count, Date.now()),
+        );
+        this.log.info(
+          { event: 'net.sandbox_rebound', sandbox: msg.sandbox, sealed: config.policy.sealed },
+          'sandbox policy rebound',
+        );
+        reply('{}');
+        return;
+      }
       case 'forward':
         return this.addForward(msg, reply);
       case 'unforward':
@@ -227,7 +250,12 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         return;
       }
       const payload = pkt.subarray(u.payloadOff, u.payloadOff + u.payloadLen);
-      if (ip.dst === sb.config.dnsIp && u.dstPort === 53 && sb.config.policy.dns) {
+      if (
+        ip.dst === sb.config.dnsIp &&
+        u.dstPort === 53 &&
+        sb.config.policy.dns &&
+        !sb.config.policy.sealed
+      ) {
         this.dns.onQuery(sb, u.srcPort, payload);
         return;
       }

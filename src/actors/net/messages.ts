@@ -49,6 +49,12 @@ export const ShardMessages = union({
   attach: struct({ sandbox: u32, link: LinkAddress, config: str }),
   /** Closes every flow of the sandbox and forgets it; asks reply when done. */
   detach: struct({ sandbox: u32 }),
+  /**
+   * Gives an attached sandbox a new config (policy, timeouts) on the same
+   * link: its flows and forwards are closed first, as on detach (a pooled
+   * sandbox being claimed has none). Replies '{}'.
+   */
+  rebind: struct({ sandbox: u32, config: str }),
   /** One IPv4 packet from the guest (no Ethernet header). */
   packet: struct({ sandbox: u32, packet: bytes }),
   /** Adds an inbound port forward; replies JSON {proto, hostIp, hostPort, guestPort}. */

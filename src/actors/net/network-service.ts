@@ -29,6 +29,7 @@ export interface FlowRow extends FlowInfo {
 /** A sandbox as the network layer remembers it, to re-attach it to a restarted shard. */
 interface Attachment {
   link: ActorAddress;
+  /** NetConfig as JSON; replaced by a rebind. */
   config: string;
   /** Forwards in force, by `proto/hostPort`, with the host port they really got. */
   forwards: Map<string, ForwardRule>;
@@ -83,6 +84,19 @@ export class NetworkService extends EventEmitter {
     const entry: Attachment = { link, config: JSON.stringify(config), forwards: new Map() };
     this.attached.set(sandbox, entry);
     await Promise.all(this.shards.map((s) => this.attachTo(s, sandbox, entry)));
+  }
+
+  /**
+   * Gives an attached sandbox a new config on every shard (a pooled sandbox's
+   * claim: sealed → the claimant's policy). Its flows and forwards are closed.
+   */
+  async rebind(sandbox: number, config: NetConfig): Promise<void> {
+    const entry = this.attached.get(sandbox);
+    if (!entry)
+      throw Object.assign(new Error(`sandbox ${sandbox} is not attached`), { code: 'ERR_NET_NO_SANDBOX' });
+    entry.config = JSON.stringify(config);
+    entry.forwards.clear();
+    await Promise.all(this.shards.map((s) => s.ask({ type: 'rebind', sandbox, config: entry.config })));
   }
 
   /** Closes every flow and forward of a sandbox and forgets it. */

@@ -25,6 +25,10 @@
  *   external       everything else                      deny rules, then allow rules (when any are
  *                                                       given, only what they allow)
  *
+ * A sealed sandbox (a pooled one waiting to be claimed) is refused every
+ * destination, DNS included, before any of this: nobody's policy is bound
+ * to it yet.
+ *
  * `allowOut`/`denyOut` govern only the external class (and the gateway
  * through an exact rule). DNS to the DNS address is served by the proxy
  * whatever the rules say — resolving names is what an allow-listed sandbox
@@ -58,6 +62,7 @@ export type DestinationClass =
 export type RefusalReason =
   | Exclude<DestinationClass, 'gateway' | 'dns' | 'external'>
   | 'host_loopback'
+  | 'sealed'
   | 'dns_disabled'
   | 'dns_port'
   | 'denied'
@@ -119,6 +124,7 @@ export function checkEgress(
   dnsUpstream?: { ip: number; port: number },
 ): EgressVerdict {
   const p = cfg.policy;
+  if (p.sealed) return refuse('sealed');
   switch (classify(cfg, ip)) {
     case 'gateway': {
       if (matches(p.denyOut, ip, port)) return refuse('denied');

@@ -26,6 +26,16 @@ export const OUT_FILE = 3;
 /** Packed watch event records (src/protocol/agent-messages.ts, encodeWatchEvents). */
 export const OUT_WATCH = 4;
 
+/**
+ * What a VM actor tells its observer (the pool that owns an idle machine) at
+ * every lifecycle change. An observer's own union must start with these
+ * variants, so this codec's tags are valid there (as with guestLinkVariants).
+ */
+export const machineStateVariants = {
+  machine_state: struct({ sandbox: u32, state: str }),
+};
+export const MachineStateMessages = union(machineStateVariants);
+
 export const VmMessages = union({
   // Must stay first: shards send frames with the guest-link codec.
   ...guestLinkVariants,
@@ -62,6 +72,8 @@ export const VmMessages = union({
   remove: struct({ path: str, recursive: bool }),
   /** rename(2); replies '{}'. */
   rename: struct({ from: str, to: str }),
+  /** Applies a new identity in the guest (today its hostname, via the agent's net_config); replies '{}'. */
+  rebind: struct({ hostname: str }),
 });
 
 export const SinkMessages = union({

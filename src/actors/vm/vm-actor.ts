@@ -42,6 +42,7 @@ import { startQemuMachine } from './backends/qemu.js';
 import { GuestOps } from './guest-ops.js';
 import {
   type ExecRequest,
+  MachineStateMessages,
   type SinkMessage,
   SinkMessages,
   type VmInfo,
@@ -68,6 +69,10 @@ export interface VmArgs {
   sink: ActorAddress;
   /** Backstop for the agent's handshake when the machine neither answers nor dies. */
   agentTimeoutMs: number;
+  /** Also told every lifecycle change (machineStateVariants): the pool that owns the machine while it idles. */
+  observer?: ActorAddress;
+  /** Nice value of the machine's processes (a pool's machines run in the background until claimed). */
+  nice?: number;
 }
 
 /** Reads of the frame stream land here; many 64 KiB frames per read. */
@@ -84,6 +89,9 @@ class VmActor implements Actor<VmMessage, string> {
   private failure: ActorvmError | undefined;
   private bootMs: number | undefined;
   private readonly booted: Promise<void>;
+  private readonly observer:
+    | ActorRef<{ type: 'machine_state'; sandbox: number; state: string }, void>
+    | undefined;
 
   constructor(
     private readonly ctx: ActorContext<VmMessage>,
@@ -92,6 +100,9 @@ class VmActor implements Actor<VmMessage, string> {
     const shards = args.shards.map((a) => ctx.ref(a, FlowShard));
     this.net = new GuestNetwork(args.sandbox, args.net, shards, args.hashKey, ctx.log, args.mac);
     this.sink = ctx.ref(args.sink, { messages: SinkMessages, replies: empty });
+    this.observer = args.observer
+      ? ctx.ref(args.observer, { messages: MachineStateMessages, replies: empty })
+      : undefined;
     this.booted = this.boot();
   }
 
@@ -109,6 +120,7 @@ class VmActor implements Actor<VmMessage, string> {
         cpus: a.cpus,
         runDir: a.runDir,
         env: a.env,
+        nice: a.nice,
         log: this.ctx.log,
         net: {
           ip: ipToString(a.net.guestIp),
@@ -141,6 +153,13 @@ class VmActor implements Actor<VmMessage, string> {
         return;
       }
       this.agent = agent;
+      // A channel that closes under a live machine means the agent is gone:
+      // nothing could be run in this sandbox any more, so it fails now
+      // (a pool discards it at once instead of handing it out).
+      void agent.closed.then((why) => {
+        if (!this.isGone())
+          this.fail(new ActorvmError('ERR_VM_AGENT_LOST', `the agent's channel closed: ${why.message}`));
+      });
       this.ops = new GuestOps(agent, this.sink, this.ctx.log);
       this.ops.onActivity = (active) => {
         if (this.state === 'ready' && active > 0) this.transition('busy', `${active} operation(s)`);
@@ -195,6 +214,7 @@ class VmActor implements Actor<VmMessage, string> {
     const level = to === 'failed' ? 'error' : 'info';
     this.ctx.log[level]({ event: `vm.${to}`, sandbox: this.args.sandbox, from, detail }, `vm ${to}`);
     this.sink.tell({ type: 'state', sandbox: this.args.sandbox, state: to, detail });
+    this.observer?.tell({ type: 'machine_state', sandbox: this.args.sandbox, state: to });
   }
 
   receive(msg: VmMessage, reply: Reply<string>): void {
@@ -222,6 +242,9 @@ class VmActor implements Actor<VmMessage, string> {
         return;
       case 'rename':
         void this.agentOp(reply, (agent) => agent.rename(msg.from, msg.to));
+        return;
+      case 'rebind':
+        void this.agentOp(reply, (agent) => agent.netConfig({ hostname: msg.hostname }));
         return;
     }
     const ops = this.ops;

@@ -5,6 +5,7 @@ export { RemoteProcess } from './process.js';
 export {
   type ConnectOptions,
   connectRuntime,
+  type PoolsInfo,
   RemoteRuntime,
   type RemoteSandboxOptions,
 } from './runtime.js';

@@ -49,6 +49,7 @@
  */
 import { z } from 'zod';
 import type { FlowRow } from '../../actors/net/network-service.js';
+import type { PoolStatus } from '../../actors/pool/messages.js';
 import type { ActorInfo } from '../../runtime/actor-cell.js';
 import { defaultSocketPath } from '../../runtime/paths.js';
 import type { RingStats } from '../../runtime/ring.js';
@@ -60,6 +61,18 @@ import { type RpcClients, rpcClients } from './rpc.js';
 import { RemoteSandbox, type SandboxSummary } from './sandbox.js';
 
 export type ConnectOptions = { socket?: string } | { url: string; apiKey: string };
+
+/** What `GET /v1/pools` answers: every running pool, and the limits across pools (PoolService.limits). */
+export interface PoolsInfo {
+  pools: PoolStatus[];
+  limits: {
+    bootConcurrency: number;
+    bootsActive: number;
+    bootsQueued: number;
+    memoryMiB: number;
+    memoryInUseMiB: number;
+  };
+}
 
 /** Sandbox options over the daemon: the in-process ones, with the image by name (build specs with `actorctl image build`). */
 export type RemoteSandboxOptions = Omit<SandboxOptions, 'image'> & { image?: string };
@@ -220,6 +233,11 @@ export class RemoteRuntime {
 
   netStats(): Promise<Record<string, unknown>[]> {
     return this.endpoint.json('GET', '/v1/net/stats');
+  }
+
+  /** The daemon's warm pools and the limits across them (`actorctl pool status`). */
+  pools(): Promise<PoolsInfo> {
+    return this.endpoint.json('GET', '/v1/pools');
   }
 
   /** Images in the daemon's store. */

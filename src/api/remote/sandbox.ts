@@ -46,6 +46,8 @@ export interface SandboxSummary {
   pid?: number;
   bootMs?: number;
   processes: number;
+  /** Claimed from a warm pool: which, whether a machine was idle (hit), the create's ms. */
+  claim?: { pool: string; hit: boolean; ms: number };
   /** Only in the answer to a create: the secret for in-sandbox calls on TCP. */
   accessToken?: string;
 }

@@ -182,6 +182,35 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
       () => sbx.kill(),
       () => 'stopped, run files removed',
     );
+
+    // Warm pools: booted sandboxes kept ready, so a create is a claim.
+    say('');
+    const pool = await time(
+      'start a warm pool (min 2) and wait until it is ready',
+      async () => {
+        const p = await rt.pools.start({ image: 'base', min: 2, max: 4 });
+        await p.ready();
+        return p;
+      },
+      (p) => p.name,
+    );
+    for (let i = 1; i <= 2; i++) {
+      const warm = await time(
+        `create from the pool + exec true (${i})`,
+        async () => {
+          const s = await rt.createSandbox({ image: 'base', env: { TENANT: `t${i}` } });
+          await s.exec(['true']);
+          return s;
+        },
+        (s) => `sandbox ${s.id}, claimed; its network policy bound at claim`,
+      );
+      await warm.kill();
+    }
+    await time(
+      'drain the pool',
+      () => pool.drain(),
+      () => 'no machine left',
+    );
   } finally {
     await daemon?.close();
     await rt.stop();

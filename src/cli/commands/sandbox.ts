@@ -13,15 +13,15 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import type { Command } from 'commander';
+import { DEFAULT_POOL_MAX } from '../../actors/pool/pool-key.js';
 import type { ProcessResult } from '../../api/process.js';
 import type { RemoteSandbox, SandboxSummary } from '../../api/remote/index.js';
 import { type BackendChoice, Runtime, type SandboxOptions } from '../../api/runtime.js';
 import { ActorvmError } from '../../errors.js';
 import { type GlobalOptions, withClient } from '../context.js';
+import { badOption, collect, intFlag, pairs, terminalFlags } from '../flags.js';
 import { formatDuration, printJson, printTable } from '../output.js';
-import { serve } from './serve.js';
-
-const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+import { type ServeOptions, serve } from './serve.js';
 
 interface RunOptions extends GlobalOptions {
   image?: string;
@@ -36,7 +36,7 @@ interface RunOptions extends GlobalOptions {
   dns?: boolean;
 }
 
-interface TerminalFlags {
+export interface TerminalFlags {
   interactive?: boolean;
   tty?: boolean;
   cols?: string;
@@ -61,35 +61,11 @@ export function exitStatus(r: ProcessResult): number {
   return 128 + (n ?? 0);
 }
 
-const badOption = (message: string) => new ActorvmError('ERR_CLI_BAD_OPTION', message);
-
-/** An integer flag within bounds, or undefined when absent. Throws ERR_CLI_BAD_OPTION. */
-function intFlag(flag: string, v: string | undefined, min: number, max: number): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
-    throw badOption(`--${flag} takes an integer ${min}..${max}, got '${v}'`);
-  }
-  return n;
-}
-
-/** `K=V` flags as a record. Throws ERR_CLI_BAD_OPTION. */
-function pairs(flag: string, list: string[] | undefined): Record<string, string> | undefined {
-  if (!list?.length) return undefined;
-  const out: Record<string, string> = {};
-  for (const item of list) {
-    const eq = item.indexOf('=');
-    if (eq <= 0) throw badOption(`--${flag} takes KEY=VALUE, got '${item}'`);
-    out[item.slice(0, eq)] = item.slice(eq + 1);
-  }
-  return out;
-}
-
 /** A sandbox argument: its number or its key. */
 const sandboxRef = (id: string): number | string => (/^\d+$/.test(id) ? Number(id) : id);
 
 /** One argument runs through /bin/sh -c; more are an argv. */
-const commandOf = (cmd: string[]): string | string[] => (cmd.length === 1 ? cmd[0] : cmd);
+export const commandOf = (cmd: string[]): string | string[] => (cmd.length === 1 ? cmd[0] : cmd);
 
 function parseExpose(spec: string): { guestPort: number; hostPort?: number } {
   const [g, h] = spec.split(':').map(Number);
@@ -121,7 +97,7 @@ export function sandboxOptions(opts: RunOptions): SandboxOptions {
 // ---- the terminal session ----
 
 /** What a terminal session drives: an in-process SandboxProcess or a RemoteProcess. */
-interface Attachable {
+export interface Attachable {
   stdout: Readable;
   stderr: Readable;
   stdin: Writable | null;
@@ -147,7 +123,7 @@ export function terminalSize(f: TerminalFlags): { cols: number; rows: number } {
  * raw mode and SIGWINCH-driven resizes when `pty`. Resolves with the result
  * once all output was written.
  */
-async function attachTerminal(
+export async function attachTerminal(
   proc: Attachable,
   opts: { pty: boolean; input: boolean; collect?: boolean },
 ): Promise<{ result: ProcessResult; stdout: string; stderr: string }> {
@@ -250,28 +226,29 @@ function printSandboxes(list: SandboxSummary[]): void {
 }
 
 export function registerSandboxCommands(program: Command): void {
-  program
-    .command('run')
-    .description(
-      'create a sandbox, run one command in it (output as it comes), tear it down; exits with its code',
-    )
-    .option('--image <name>', 'image (default: base)')
-    .option('--backend <kind>', 'qemu | namespace | auto', 'auto')
-    .option('--memory <MiB>', 'guest memory')
-    .option('--allow-host-loopback', "let the sandbox reach the host's loopback through its gateway address")
-    .option('--allow-out <cidr[:ports]>', 'only these destinations are reachable (repeatable)', collect)
-    .option('--deny-out <cidr[:ports]>', 'never reachable (repeatable)', collect)
-    .option('--no-dns', 'no DNS proxy at 10.0.2.3 (queries are refused)')
-    .option(
-      '--expose <guest[:host]>',
-      'forward a host port (127.0.0.1) to a guest port (repeatable)',
-      collect,
-    )
-    .option('--timeout <ms>', 'kill the command after this long')
-    .option('-i, --interactive', 'forward our stdin to the command (EOF closes its stdin)')
-    .option('-t, --tty', 'run the command on a pseudo-terminal (raw mode, resized with ours)')
-    .option('--cols <n>', 'terminal width with -t (default: ours, else 80)')
-    .option('--rows <n>', 'terminal height with -t (default: ours, else 24)')
+  terminalFlags(
+    program
+      .command('run')
+      .description(
+        'create a sandbox, run one command in it (output as it comes), tear it down; exits with its code',
+      )
+      .option('--image <name>', 'image (default: base)')
+      .option('--backend <kind>', 'qemu | namespace | auto', 'auto')
+      .option('--memory <MiB>', 'guest memory')
+      .option(
+        '--allow-host-loopback',
+        "let the sandbox reach the host's loopback through its gateway address",
+      )
+      .option('--allow-out <cidr[:ports]>', 'only these destinations are reachable (repeatable)', collect)
+      .option('--deny-out <cidr[:ports]>', 'never reachable (repeatable)', collect)
+      .option('--no-dns', 'no DNS proxy at 10.0.2.3 (queries are refused)')
+      .option(
+        '--expose <guest[:host]>',
+        'forward a host port (127.0.0.1) to a guest port (repeatable)',
+        collect,
+      )
+      .option('--timeout <ms>', 'kill the command after this long'),
+  )
     .argument('<cmd...>', 'command (after --); one argument runs through /bin/sh -c')
     .action(async (cmd: string[], _o, c: Command) => {
       const opts = c.optsWithGlobals<RunOptions & TerminalFlags>();
@@ -328,11 +305,15 @@ export function registerSandboxCommands(program: Command): void {
       '--api-key-file <path>',
       'API key for TCP (default: $ACTORVM_API_KEY, else $ACTORVM_HOME/api-key)',
     )
+    .option(
+      '--warm <spec>',
+      'warm pools to keep: IMAGE[@BACKEND][=MIN] items, comma-separated (e.g. base=4,py@qemu=2; MIN default 1)',
+    )
+    .option('--pool-max <n>', `machines per pool at most (default ${DEFAULT_POOL_MAX}; never below its MIN)`)
+    .option('--lazy-pools <min>', 'start a pool of MIN idle machines for the first create no pool serves')
+    .option('--pool-memory <MiB>', "guest memory all pools' machines may hold together (default 75% of RAM)")
     .action(async (_o, c: Command) => {
-      const opts = c.optsWithGlobals<
-        GlobalOptions & { backend?: BackendChoice; listen?: string; apiKeyFile?: string }
-      >();
-      await serve(opts);
+      await serve(c.optsWithGlobals<ServeOptions>());
     });
 
   const vm = program.command('vm').description('sandboxes of a running daemon (see actorctl serve)');
@@ -383,14 +364,13 @@ export function registerSandboxCommands(program: Command): void {
       else process.stdout.write(`${s.id}\n`);
     });
 
-  vm.command('exec')
-    .description('run a command in a sandbox, streaming its output; exits with its code')
-    .argument('<id>', 'sandbox id or key')
-    .argument('<cmd...>', 'command (after --); one argument runs through /bin/sh -c')
-    .option('-i, --interactive', 'forward our stdin to the command (EOF closes its stdin)')
-    .option('-t, --tty', 'run the command on a pseudo-terminal (raw mode, resized with ours)')
-    .option('--cols <n>', 'terminal width with -t (default: ours, else 80)')
-    .option('--rows <n>', 'terminal height with -t (default: ours, else 24)')
+  terminalFlags(
+    vm
+      .command('exec')
+      .description('run a command in a sandbox, streaming its output; exits with its code')
+      .argument('<id>', 'sandbox id or key')
+      .argument('<cmd...>', 'command (after --); one argument runs through /bin/sh -c'),
+  )
     .option('--timeout <ms>', 'kill the command after this long')
     .option('--env <key=value>', 'environment variable (repeatable)', collect)
     .option('--cwd <dir>', 'working directory (default /home/user)')

@@ -10,7 +10,7 @@
  *   GET    /v1/net/stats              per-shard network counters
  *   GET    /v1/images                 built images
  *   GET    /v1/sandboxes?metadata=…   live sandboxes (E2B-style metadata filter)
- *   POST   /v1/sandboxes              create (SandboxOptions; image by name)
+ *   POST   /v1/sandboxes              create (SandboxOptions; image by name; `pool` auto|never|always)
  *   GET    /v1/sandboxes/:id          one sandbox
  *   DELETE /v1/sandboxes/:id          kill
  *   POST   /v1/sandboxes/:id/timeout  move the deadline ({timeoutMs} or {timeoutMs: null})
@@ -101,9 +101,8 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
       },
     },
     async (req, reply) => {
-      const s = await d.metrics.timeCreate(req.body?.backend ?? 'auto', () =>
-        rt.createSandbox(req.body ?? {}),
-      );
+      const body = req.body ?? {};
+      const s = await d.metrics.timeCreate(body.backend ?? 'auto', () => rt.createSandbox(body));
       const found = foundOf(rt, s);
       return reply.code(201).send({ ...summarize(found), accessToken: found.record.accessToken });
     },

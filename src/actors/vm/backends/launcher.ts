@@ -19,7 +19,8 @@
  * runtime, which then stops machines in order, rather than to every QEMU).
  */
 import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import { setPriority } from 'node:os';
 
 export const SETPRIV = '/usr/bin/setpriv';
 
@@ -29,6 +30,39 @@ export function launchWithDeathSignal(argv: string[], opts: SpawnOptions = {}): 
     throw new Error(`${SETPRIV} missing (util-linux): cannot tie the machine's life to ours`);
   }
   return spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', ...argv], { ...opts, detached: true });
+}
+
+const NICE = '/usr/bin/nice';
+
+/**
+ * `argv` run at nice `n` (coreutils' nice execs it: same pid, every thread
+ * and child it makes inherits the value), or `argv` itself for none.
+ */
+export function withNice(argv: string[], n: number | undefined): string[] {
+  return n ? [NICE, '-n', String(n), ...argv] : argv;
+}
+
+/**
+ * Sets the nice value of every thread of these processes (setpriority acts on
+ * one thread; QEMU has several). Raising priority needs CAP_SYS_NICE. Errors
+ * (a process gone meanwhile) are ignored: the caller checks liveness itself.
+ */
+export function reniceProcesses(pids: number[], n: number): void {
+  for (const pid of pids) {
+    let tids: string[];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        setPriority(Number(tid), n);
+      } catch {
+        // exited while we looked
+      }
+    }
+  }
 }
 
 /** Signals a process, ignoring "already gone". */

@@ -52,6 +52,8 @@ export interface MachineSpec {
   framesOnRead?: OnReadOpts;
   /** Namespace backend: size of the sandbox's writable layer (tmpfs), default 1024 MiB. */
   diskMiB?: number;
+  /** Start the machine's processes at this nice value (a pool's machine boots and idles in the background). */
+  nice?: number;
 }
 
 export interface MachineExit {

@@ -39,7 +39,7 @@ import { type CgroupSupport, createSandboxCgroup, detectCgroupSupport, removeCgr
 import { ConsoleBuffer } from './console-buffer.js';
 import { BackendUnavailableError, tailForMessage, VmError, VmErrorCode, VmExitedError } from './errors.js';
 import { claimIdRange } from './id-ranges.js';
-import { killQuietly } from './launcher.js';
+import { killQuietly, withNice } from './launcher.js';
 import {
   checkSpec,
   DEFAULT_AGENT_TIMEOUT_MS,
@@ -215,7 +215,8 @@ export async function startNamespaceMachine(
   let child: ChildProcess;
   try {
     // The launcher sets its own PR_SET_PDEATHSIG and checks that we are still its parent.
-    child = spawn(agentBinaryPath(), argv, {
+    const [file, ...rest] = withNice([agentBinaryPath(), ...argv], spec.nice);
+    child = spawn(file, rest, {
       stdio: ['ignore', 'pipe', 'pipe', 'pipe', frames.peer, 'pipe', 'pipe'],
       env: {},
       detached: true,

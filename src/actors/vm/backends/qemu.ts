@@ -30,7 +30,7 @@ import { AgentSessions } from './agent-sessions.js';
 import { ConsoleBuffer } from './console-buffer.js';
 import { tailForMessage, VmError, VmErrorCode, VmExitedError, VmSpecError } from './errors.js';
 import { probeAccel, QEMU_BINARY } from './kvm-probe.js';
-import { killQuietly, launchWithDeathSignal } from './launcher.js';
+import { killQuietly, launchWithDeathSignal, withNice } from './launcher.js';
 import {
   type Accel,
   checkSpec,
@@ -202,7 +202,7 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
   const consoleBuf = new ConsoleBuffer();
   let child: ChildProcess;
   try {
-    child = launchWithDeathSignal([qemu, ...args], {
+    child = launchWithDeathSignal(withNice([qemu, ...args], spec.nice), {
       stdio: ['ignore', 'pipe', 'pipe', frames.peer, qmpPair.peer],
       env: {},
     });

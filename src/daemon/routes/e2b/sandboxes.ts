@@ -18,6 +18,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import type { NetworkOptions } from '../../../actors/net/config.js';
 import { sandboxMetrics } from '../../../api/sandbox-metrics.js';
 import { Env, Metadata } from '../../../api/schemas.js';
 import { ENVD_VERSION } from '../../envd-version.js';
@@ -90,6 +91,16 @@ function detail(f: Found) {
 
 const farFuture = (): Date => new Date(Date.UTC(9999, 0, 1));
 
+/**
+ * E2B's `allow_internet_access: false` as an actorvm policy: every external
+ * destination denied (host loopback and link-local are refused by default
+ * anyway; the DNS proxy still answers). An empty `allowOut` would mean "no
+ * restriction", not "nothing".
+ */
+export function e2bNetwork(allowInternetAccess: boolean | undefined): NetworkOptions | undefined {
+  return allowInternetAccess === false ? { denyOut: ['0.0.0.0/0'] } : undefined;
+}
+
 export function registerE2bRoutes(app: FastifyInstance, d: Daemon): void {
   const typed = app.withTypeProvider<ZodTypeProvider>();
   const rt = d.runtime;
@@ -98,13 +109,14 @@ export function registerE2bRoutes(app: FastifyInstance, d: Daemon): void {
   const create = async (req: FastifyRequest<{ Body: z.infer<typeof NewSandbox> }>, reply: FastifyReply) => {
     const body = req.body;
     const timeoutS = body.timeout ?? DEFAULT_TIMEOUT_S;
-    const s = await d.metrics.timeCreate('auto', () =>
+    // A running pool of the template's image serves the create (Runtime's pool 'auto').
+    const s = await d.metrics.timeCreate('auto', async () =>
       rt.createSandbox({
         image: body.templateID,
         env: body.envVars ?? undefined,
         metadata: body.metadata ?? undefined,
         timeoutMs: Math.max(1000, timeoutS * 1000),
-        network: body.allow_internet_access === false ? { allowOut: [] } : undefined,
+        network: e2bNetwork(body.allow_internet_access),
       }),
     );
     return reply.code(201).send(created(foundOf(rt, s)));

@@ -1,0 +1,348 @@
+/**
+ * The warm pools as the main thread sees them (next to NetworkService): it
+ * starts one pool actor per pool key, fills them through the sandbox
+ * factory, bounds boots and machines across all pools, and claims machines
+ * for `createSandbox`.
+ *
+ * Bounds, machine-wide: at most `bootConcurrency` pool boots run at once
+ * (claim-driven ones first, boot-queue.ts), and the machines of all pools
+ * together — idle, booting and claimed — hold at most `memoryMiB` of guest
+ * memory (default three quarters of the host's). A fill past the budget
+ * fails with ERR_POOL_CAPACITY and the pool waits until a machine goes.
+ */
+import { availableParallelism, totalmem } from 'node:os';
+import type { Logger } from 'pino';
+import type { ActorRef } from '../../runtime/actor-ref.js';
+import type { ActorSystem } from '../../runtime/actor-system.js';
+import { resolveNetConfig, sealedNetConfig } from '../net/config.js';
+import type { BootedMachine, SandboxFactory } from '../vm/sandbox-factory.js';
+import { BootQueue } from './boot-queue.js';
+import { PoolError, PoolErrorCode } from './errors.js';
+import FactoryDoor, { type FactoryDoorTarget } from './factory-door.js';
+import type { Adoption, ClaimReply, FillPriority, PoolMessage, PoolStatus } from './messages.js';
+import PoolActor from './pool-actor.js';
+import {
+  checkPoolConfig,
+  type PoolConfig,
+  type PoolKey,
+  poolKeyString,
+  type ResolvedPoolConfig,
+} from './pool-key.js';
+
+/** Pools at once: each is an actor with timers and machines, and lazy pools are made by requests. */
+export const MAX_POOLS = 64;
+
+export interface PoolServiceOptions {
+  /** Pool boots at once across all pools (default: one per core). */
+  bootConcurrency?: number;
+  /** Guest memory all pools' machines may hold together (default 75% of host memory). */
+  memoryMiB?: number;
+  /** Boot backstop per machine (default 120 s). */
+  bootTimeoutMs?: number;
+}
+
+/** A pool, as its owner holds it. */
+export interface Pool {
+  readonly name: string;
+  readonly key: PoolKey;
+  readonly config: ResolvedPoolConfig;
+  status(): Promise<PoolStatus>;
+  /** Resolves once `min` machines idle (ERR_POOL_DRAINING if it drains first). */
+  ready(): Promise<void>;
+  /** Stops filling, fails waiting claims, takes idle and booting machines down. Claimed ones stay their tenants'. */
+  drain(): Promise<void>;
+}
+
+interface PoolEntry extends Pool {
+  /** Set once the actor runs; its first messages (adopt, fill) may come before spawn returns. */
+  ref: ActorRef<PoolMessage, string>;
+  readonly spawned: Promise<void>;
+  /** Fills under way; a machine booted but still warming up is in `warming` too, not yet the pool's. */
+  filling: number;
+  readonly warming: Set<number>;
+}
+
+/** A claimed machine, with whether it came without waiting. */
+export interface Claim {
+  machine: BootedMachine;
+  hit: boolean;
+  pool: Pool;
+}
+
+export class PoolService implements FactoryDoorTarget {
+  private readonly pools = new Map<string, PoolEntry>();
+  private readonly boots: BootQueue;
+  readonly memoryBudgetMiB: number;
+  private memoryInUseMiB = 0;
+  private door: Promise<ActorRef<any, string>> | undefined;
+  private stopping = false;
+
+  constructor(
+    private readonly system: ActorSystem,
+    private readonly factory: SandboxFactory,
+    private readonly resolveBackend: (b: PoolConfig['backend']) => Promise<'qemu' | 'namespace'>,
+    private readonly log: Logger,
+    private readonly opts: PoolServiceOptions = {},
+  ) {
+    this.boots = new BootQueue(Math.max(1, opts.bootConcurrency ?? availableParallelism()));
+    this.memoryBudgetMiB = opts.memoryMiB ?? Math.floor((totalmem() / 2 ** 20) * 0.75);
+  }
+
+  /** Starts a pool (ERR_POOL_BAD_CONFIG, ERR_IMAGE_NOT_FOUND, ERR_POOL_EXISTS, ERR_POOL_TOO_MANY, ERR_POOL_DRAINING); it fills in the background. */
+  async start(config: PoolConfig): Promise<Pool> {
+    const { c, key } = await this.resolve(config);
+    const name = poolKeyString(key);
+    if (this.pools.has(name))
+      throw new PoolError(PoolErrorCode.EXISTS, `a pool ${name} exists already`, { pool: name });
+    return this.register(c, key);
+  }
+
+  /** The pool of this config's key, started if none runs (lazy pools). */
+  async ensure(config: PoolConfig): Promise<Pool> {
+    const { c, key } = await this.resolve(config);
+    return this.pools.get(poolKeyString(key)) ?? this.register(c, key);
+  }
+
+  /** Checks a config, its image (a pool is never made for one that does not exist: it would retry its boots forever) and resolves its backend. */
+  private async resolve(config: PoolConfig): Promise<{ c: ResolvedPoolConfig; key: PoolKey }> {
+    const c = checkPoolConfig(config);
+    await this.factory.checkImage(c.image);
+    const key: PoolKey = {
+      image: c.image,
+      backend: await this.resolveBackend(c.backend),
+      memoryMiB: c.memoryMiB,
+      cpus: c.cpus,
+    };
+    return { c, key };
+  }
+
+  /** Registers the pool at once (so concurrent creates find it), then spawns its actor. */
+  private register(c: ResolvedPoolConfig, key: PoolKey): Promise<Pool> {
+    if (this.stopping) throw new PoolError(PoolErrorCode.DRAINING, 'the runtime is stopping');
+    if (this.pools.size >= MAX_POOLS)
+      throw new PoolError(PoolErrorCode.TOO_MANY, `${MAX_POOLS} pools run already; drain one first`);
+    const name = poolKeyString(key);
+    const spawn = async (): Promise<ActorRef<PoolMessage, string>> => {
+      this.door ??= this.system.spawnLocal(FactoryDoor, { target: this }, { name: 'pool-factory-door' });
+      const door = await this.door;
+      return this.system.spawn(
+        PoolActor,
+        {
+          pool: name,
+          key,
+          config: { min: c.min, max: c.max, idleTtlMs: c.idleTtlMs, claimTimeoutMs: c.claimTimeoutMs },
+          door: door.address,
+        },
+        { name: `pool-${name}` },
+      );
+    };
+    const spawned = spawn();
+    const entry: PoolEntry = {
+      name,
+      key,
+      config: { ...c, backend: key.backend },
+      ref: undefined as unknown as ActorRef<PoolMessage, string>,
+      spawned: spawned.then((ref) => {
+        entry.ref = ref;
+      }),
+      filling: 0,
+      warming: new Set(),
+      status: async () => {
+        await entry.spawned;
+        return JSON.parse(await entry.ref.ask({ type: 'status' })) as PoolStatus;
+      },
+      ready: async () => {
+        await entry.spawned;
+        await entry.ref.ask({ type: 'ready' }, { timeoutMs: this.opts.bootTimeoutMs ?? 600_000 });
+      },
+      drain: () => this.drainPool(entry),
+    };
+    this.pools.set(name, entry);
+    this.log.info({ event: 'pool.created', pool: name, ...c, backend: key.backend }, 'pool created');
+    return entry.spawned.then(
+      () => entry,
+      (err) => {
+        this.pools.delete(name);
+        throw err;
+      },
+    );
+  }
+
+  /** The pool of a key, if one runs (a drained one is gone). */
+  find(key: PoolKey): Pool | undefined {
+    return this.pools.get(poolKeyString(key));
+  }
+
+  list(): Pool[] {
+    return [...this.pools.values()];
+  }
+
+  async status(): Promise<PoolStatus[]> {
+    return Promise.all(this.list().map((p) => p.status()));
+  }
+
+  /** Figures the service itself keeps (boots across pools, the memory budget). */
+  get limits(): {
+    bootConcurrency: number;
+    bootsActive: number;
+    bootsQueued: number;
+    memoryMiB: number;
+    memoryInUseMiB: number;
+  } {
+    return {
+      bootConcurrency: this.boots.limit,
+      bootsActive: this.boots.active,
+      bootsQueued: this.boots.waiting,
+      memoryMiB: this.memoryBudgetMiB,
+      memoryInUseMiB: this.memoryInUseMiB,
+    };
+  }
+
+  /**
+   * Claims a machine from `pool`: the pool answers with one (at once, or when
+   * one boots or frees within the claim timeout: ERR_POOL_EXHAUSTED), and it
+   * is checked here before it is handed out — its pushed state and its
+   * process, no guest round trip. A machine found dead is destroyed and the
+   * claim asks again.
+   */
+  async claim(pool: Pool, timeoutMs = pool.config.claimTimeoutMs): Promise<Claim> {
+    const entry = this.pools.get(pool.name);
+    if (!entry) throw new PoolError(PoolErrorCode.DRAINING, `pool ${pool.name} is drained`);
+    await entry.spawned;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = Math.max(0, deadline - Date.now());
+      const answer = JSON.parse(
+        await entry.ref.ask({ type: 'claim', timeoutMs: left }, { timeoutMs: left + 30_000 }),
+      ) as ClaimReply;
+      const machine = this.factory.get(answer.sandbox);
+      if (machine && this.factory.alive(machine)) {
+        machine.claimed = true;
+        this.factory.foreground(machine);
+        return { machine, hit: answer.hit, pool: entry };
+      }
+      this.log.warn(
+        { event: 'pool.claim_dead', pool: entry.name, sandbox: answer.sandbox },
+        'claimed machine was dead',
+      );
+      await this.release(answer.sandbox, true);
+    }
+  }
+
+  /** Records how long a claim took to bind (status p50/p99). */
+  bound(machine: BootedMachine, ms: number): void {
+    if (machine.pool) this.pools.get(machine.pool)?.ref.tell({ type: 'bound', sandbox: machine.sandbox, ms });
+  }
+
+  /** A claimed machine's end: destroyed, its budget back, its pool told (which refills). */
+  async release(sandbox: number, failed = false): Promise<void> {
+    const m = this.factory.get(sandbox);
+    const pool = m?.pool;
+    await this.factory.destroy(sandbox);
+    if (m) this.giveBack(m.memoryMiB);
+    if (pool) this.pools.get(pool)?.ref.tell({ type: 'released', sandbox, failed: failed ? 1 : 0 });
+  }
+
+  /** Drains every pool (the runtime's stop, the daemon's SIGTERM). */
+  async drainAll(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(this.list().map((p) => p.drain()));
+  }
+
+  private async drainPool(entry: PoolEntry): Promise<void> {
+    if (!this.pools.has(entry.name)) return;
+    await entry.spawned;
+    await entry.ref.ask({ type: 'drain' }, { timeoutMs: (this.opts.bootTimeoutMs ?? 120_000) + 60_000 });
+    this.pools.delete(entry.name);
+    await this.system.stop(entry.ref).catch(() => false);
+  }
+
+  // ---- the factory door (messages from pool actors) ------------------------------------
+
+  fill(pool: string, priority: FillPriority): void {
+    const entry = this.pools.get(pool);
+    if (!entry) return;
+    const reply = (msg: PoolMessage) =>
+      void entry.spawned.then(
+        () => entry.ref.tell(msg),
+        () => {},
+      );
+    const mib = entry.key.memoryMiB;
+    if (this.memoryInUseMiB + mib > this.memoryBudgetMiB) {
+      reply({
+        type: 'fill_failed',
+        code: PoolErrorCode.CAPACITY,
+        message: `pool machines hold ${this.memoryInUseMiB} of ${this.memoryBudgetMiB} MiB`,
+      });
+      return;
+    }
+    this.memoryInUseMiB += mib;
+    entry.filling++;
+    void this.boots
+      .run(priority, async () => {
+        await entry.spawned;
+        const m = await this.factory.boot({
+          image: entry.key.image,
+          backend: entry.key.backend,
+          memoryMiB: entry.key.memoryMiB,
+          cpus: entry.key.cpus,
+          net: sealedNetConfig(resolveNetConfig({})),
+          bootTimeoutMs: this.opts.bootTimeoutMs ?? 120_000,
+          observer: entry.ref.address,
+          pool,
+          background: true,
+        });
+        entry.warming.add(m.sandbox);
+        try {
+          await this.factory.warmUp(m);
+        } catch (err) {
+          await this.factory.destroy(m.sandbox);
+          throw err;
+        } finally {
+          entry.warming.delete(m.sandbox);
+        }
+        return m;
+      })
+      .then(
+        (m) => {
+          entry.filling--;
+          reply({ type: 'filled', sandbox: m.sandbox });
+        },
+        (err: { code?: string; message?: string }) => {
+          entry.filling--;
+          this.giveBack(mib);
+          reply({
+            type: 'fill_failed',
+            code: err.code ?? 'ERR_VM_BOOT_FAILED',
+            message: err.message ?? String(err),
+          });
+        },
+      );
+  }
+
+  destroy(pool: string, sandbox: number, reason: string): void {
+    const m = this.factory.get(sandbox);
+    this.log.info({ event: 'pool.machine_destroying', pool, sandbox, reason }, 'pool machine going');
+    void this.factory.destroy(sandbox).finally(() => {
+      if (m) this.giveBack(m.memoryMiB);
+      const entry = this.pools.get(pool);
+      void entry?.spawned.then(() => entry.ref.tell({ type: 'destroyed', sandbox }));
+    });
+  }
+
+  adopt(pool: string): string {
+    const adoption: Adoption = {
+      machines: this.factory
+        .ofPool(pool)
+        .filter((m) => !this.pools.get(pool)?.warming.has(m.sandbox))
+        .map((m) => ({ sandbox: m.sandbox, claimed: m.claimed, ready: this.factory.alive(m) })),
+      filling: this.pools.get(pool)?.filling ?? 0,
+    };
+    return JSON.stringify(adoption);
+  }
+
+  private giveBack(mib: number): void {
+    this.memoryInUseMiB = Math.max(0, this.memoryInUseMiB - mib);
+    for (const p of this.pools.values()) if (p.ref) p.ref.tell({ type: 'capacity' });
+  }
+}
