@@ -94,7 +94,7 @@ static const char *env_get(char **env, const char *key)
 	return NULL;
 }
 
-static void child_fail(int fd, char what, int err)
+static __attribute__((noreturn)) void child_fail(int fd, char what, int err)
 {
 	uint8_t msg[5] = {(uint8_t)what};
 	avm_put32(msg + 1, (uint32_t)err);
@@ -102,8 +102,9 @@ static void child_fail(int fd, char what, int err)
 	_exit(127);
 }
 
-/* Runs in the forked child: never returns. */
-static void child_exec(const struct run_req *r, char **env, const char *file, char **argv, int in_fd,
+/* Runs in the vforked child: never returns. Never inlined into spawn_child, so
+ * everything it writes on the stack lies below the frame that called vfork. */
+static __attribute__((noinline, noreturn)) void child_exec(const struct run_req *r, char **env, const char *file, char **argv, int in_fd,
 		       int out_fd, int err_fd, int report_fd)
 {
 	setsid();

@@ -19,6 +19,7 @@ import type { LevelWithSilent } from 'pino';
 import type { Piscina } from 'piscina';
 import { type NetConfig, type NetworkOptions, resolveNetConfig } from '../actors/net/config.js';
 import { NetworkService } from '../actors/net/network-service.js';
+import { PoolErrorCode } from '../actors/pool/errors.js';
 import type { PoolConfig } from '../actors/pool/pool-key.js';
 import { type Pool, PoolService } from '../actors/pool/pool-service.js';
 import { sweepStaleIdLocks } from '../actors/vm/backends/id-ranges.js';
@@ -214,22 +215,23 @@ export class Runtime implements SandboxHost {
     const { forwards = [], ...netOptions } = opts.network ?? {};
     const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
     const backend = await this.chooseBackend(opts.backend ?? this.defaultBackend);
-    const pool = await this.poolFor(opts, backend, netOptions);
-    let machine: BootedMachine;
+    let pool = await this.poolFor(opts, backend, netOptions).catch((err) => this.noPool(opts, err));
+    let machine: BootedMachine | undefined;
     let hit = false;
     if (pool) {
-      const claim = await this.pools.claim(pool);
-      machine = claim.machine;
-      hit = claim.hit;
-      try {
-        await this.bind(machine, config, opts.hostname);
-      } catch (err) {
-        await this.pools.release(machine.sandbox, true);
-        throw err;
-      }
-    } else {
-      machine = await this.bootCold(opts, backend, config);
+      const claim = await this.pools.claim(pool).catch((err) => this.noPool(opts, err));
+      if (claim) {
+        machine = claim.machine;
+        hit = claim.hit;
+        try {
+          await this.bind(machine, config, opts.hostname);
+        } catch (err) {
+          await this.pools.release(machine.sandbox, true);
+          throw err;
+        }
+      } else pool = undefined;
     }
+    machine ??= await this.bootCold(opts, backend, config);
     try {
       for (const f of forwards) {
         const rule = typeof f === 'number' ? { guestPort: f } : f;
@@ -296,8 +298,22 @@ export class Runtime implements SandboxHost {
     return this.pools.ensure({ ...this.lazyPools, ...key });
   }
 
+  /**
+   * With `pool: 'auto'` a pool that cannot serve (too many pools to start one,
+   * or drained meanwhile) means a cold boot, as when no pool matches; other
+   * errors, and any with `pool: 'always'`, are the create's.
+   */
+  private noPool(opts: SandboxOptions, err: unknown): undefined {
+    const code = (err as { code?: string }).code;
+    if (opts.pool === 'always' || (code !== PoolErrorCode.TOO_MANY && code !== PoolErrorCode.DRAINING))
+      throw err;
+    this.system.log.info({ event: 'sandbox.pool_unavailable', code }, 'no pool can serve; booting cold');
+    return undefined;
+  }
+
   /** A claimed machine takes the claimant's options: policy and timeouts on the shards, hostname in the guest. */
   private async bind(machine: BootedMachine, config: NetConfig, hostname: string | undefined): Promise<void> {
+    machine.vm.tell({ type: 'unobserve' });
     await this.net.rebind(machine.sandbox, config);
     machine.net = config;
     if (hostname !== undefined && hostname !== machine.hostname) {

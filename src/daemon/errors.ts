@@ -66,6 +66,7 @@ const STATUS: Record<string, number> = {
   [PoolErrorCode.CAPACITY]: 503,
   [PoolErrorCode.EXISTS]: 409,
   [PoolErrorCode.BAD_CONFIG]: 400,
+  [PoolErrorCode.TOO_MANY]: 409,
   ERR_PROCESS_NOT_FOUND: 404,
   ERR_PROCESS_TOO_MANY: 429,
   ERR_SANDBOX_STOPPED: 410,

@@ -296,7 +296,8 @@ describe('pty', () => {
     await waitFor('the first size', () => out.includes('24 80'));
     await sbx.pty.resize(term.pid, { cols: 100, rows: 30 });
     await sbx.pty.sendInput(term.pid, new TextEncoder().encode('stty size; tty; echo tty-done\n'));
-    await waitFor('the new size', () => out.includes('30 100') && /tty-done\r?\n/.test(out));
+    // The echo of the typed line holds "tty-done" too: wait for the line the command printed.
+    await waitFor('the new size', () => out.includes('30 100') && /\ntty-done\r?\n/.test(out));
     expect(out).toMatch(/\/dev\/pts\/\d+/);
     expect(await sbx.pty.kill(term.pid)).toBe(true);
     await expect(term.wait()).rejects.toBeInstanceOf(CommandExitError);

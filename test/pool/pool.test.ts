@@ -15,6 +15,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resolveNetConfig, sealedNetConfig } from '../../src/actors/net/config.js';
+import { BootQueue } from '../../src/actors/pool/boot-queue.js';
+import { FILL_FOR_CLAIM, FILL_TO_REPLENISH } from '../../src/actors/pool/messages.js';
 import { parseWarmSpec } from '../../src/actors/pool/pool-key.js';
 import type { Pool } from '../../src/actors/pool/pool-service.js';
 import { machineChannel } from '../../src/actors/vm/sandbox-factory.js';
@@ -314,7 +316,7 @@ describe('lazy pools', () => {
       home: lazyHome,
       backend: 'namespace',
       log: { level: 'warn', file: join(lazyHome, 'actorvm.log') },
-      lazyPools: { min: 1, max: 2 },
+      lazyPools: { min: 1, max: 2, idleTtlMs: 60_000 },
     });
     try {
       expect(lazy.pools.list()).toEqual([]);
@@ -326,6 +328,11 @@ describe('lazy pools', () => {
       const second = await lazy.createSandbox();
       expect((await pool.status()).hits).toBe(1);
       await Promise.all([first.kill(), second.kill()]);
+      // A pool a create started goes away once no claim comes for its idle TTL.
+      const short = await lazy.pools.ensure({ image: 'base', memoryMiB: 128, min: 1, idleTtlMs: 300 });
+      await short.ready();
+      await waitFor('the unused lazy pool to drain itself', () => !lazy.pools.find(short.key));
+      expect(lazy.factory.all().filter((m) => m.pool === short.name)).toEqual([]);
     } finally {
       const runDirs = join(lazyHome, 'run', 'vms');
       await lazy.stop();
@@ -344,5 +351,27 @@ describe('--warm specs', () => {
     ]);
     for (const bad of ['', ',', 'base=x', 'base@kvm=1', '=3', 'a b', 'base=99999'])
       expect(() => parseWarmSpec(bad), bad).toThrow(expect.objectContaining({ code: 'ERR_POOL_BAD_CONFIG' }));
+  });
+});
+
+describe('boot queue', () => {
+  it("runs at most its limit, claim boots first, and promotes a pool's queued refills", async () => {
+    const q = new BootQueue(1);
+    const order: string[] = [];
+    let release!: () => void;
+    const first = q.run(FILL_TO_REPLENISH, 'a', () => new Promise<void>((r) => (release = r)));
+    const later = [
+      q.run(FILL_TO_REPLENISH, 'a', async () => void order.push('a-refill')),
+      q.run(FILL_TO_REPLENISH, 'b', async () => void order.push('b-refill')),
+      q.run(FILL_FOR_CLAIM, 'c', async () => void order.push('c-claim')),
+    ];
+    expect(q.active).toBe(1);
+    expect(q.waiting).toBe(3);
+    expect(q.promote('b')).toBe(true);
+    expect(q.promote('nobody')).toBe(false);
+    release();
+    await Promise.all([first, ...later]);
+    expect(order).toEqual(['c-claim', 'b-refill', 'a-refill']);
+    expect(q.active).toBe(0);
   });
 });

@@ -12,6 +12,8 @@ export interface FactoryDoorTarget {
   fill(pool: string, priority: FillPriority): void;
   destroy(pool: string, sandbox: number, reason: string): void;
   adopt(pool: string): string;
+  claimed(pool: string, sandbox: number): void;
+  promote(pool: string): void;
 }
 
 class FactoryDoor implements Actor<FactoryDoorMessage, string> {
@@ -27,6 +29,12 @@ class FactoryDoor implements Actor<FactoryDoorMessage, string> {
         return;
       case 'adopt':
         reply(this.target.adopt(msg.pool));
+        return;
+      case 'claimed':
+        this.target.claimed(msg.pool, msg.sandbox);
+        return;
+      case 'promote':
+        this.target.promote(msg.pool);
         return;
     }
   }

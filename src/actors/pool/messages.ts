@@ -50,6 +50,13 @@ export const FactoryDoorMessages = union({
   destroy: struct({ pool: str, sandbox: u32, reason: str }),
   /** Replies JSON Adoption: what the factory holds for `pool` (a restarted pool actor starts from it). */
   adopt: struct({ pool: str }),
+  /**
+   * The pool hands `sandbox` to a claimant: told before the claim's reply, on
+   * the same ring, so an `adopt` after a crash can never offer it again.
+   */
+  claimed: struct({ pool: str, sandbox: u32 }),
+  /** A claim is waiting: start this pool's queued refills with claim priority. */
+  promote: struct({ pool: str }),
 });
 
 export type PoolMessage = Infer<typeof PoolMessages>;
@@ -63,7 +70,8 @@ export interface ClaimReply {
 }
 
 export interface Adoption {
-  machines: { sandbox: number; claimed: boolean; ready: boolean }[];
+  /** `leaving`: being destroyed (its `released` or `destroyed` is on its way). */
+  machines: { sandbox: number; claimed: boolean; ready: boolean; leaving: boolean }[];
   /** Fills still under way. */
   filling: number;
 }

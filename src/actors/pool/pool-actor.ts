@@ -40,7 +40,7 @@
  */
 import { freeze } from 'immer';
 import { str } from '../../protocol/codec.js';
-import type { Actor, ActorAddress, ActorContext, Reply } from '../../runtime/actor.js';
+import type { Actor, ActorAddress, ActorContext, Reply, StopReason } from '../../runtime/actor.js';
 import { defineActor } from '../../runtime/actor.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import { ClaimQueue } from './claim-queue.js';
@@ -69,6 +69,8 @@ export interface PoolArgs {
   door: ActorAddress;
 }
 
+/** Deaths remembered for machines whose `filled` has not arrived (late news of gone ones ages out). */
+const DIED_EARLY_KEPT = 64;
 /** Backoff after consecutive failed fills: 100 ms doubling to 30 s. */
 const BACKOFF_MIN_MS = 100;
 const BACKOFF_MAX_MS = 30_000;
@@ -79,6 +81,8 @@ class PoolActor implements Actor<PoolMessage, string> {
   private readonly idle = new Map<number, number>();
   private readonly claimed = new Set<number>();
   private readonly retiring = new Set<number>();
+  /** Machines whose death was pushed before their `filled` arrived (at most DIED_EARLY_KEPT). */
+  private readonly diedEarly = new Set<number>();
   private booting = 0;
   private target: number;
   private readonly waiters = new ClaimQueue();
@@ -110,7 +114,9 @@ class PoolActor implements Actor<PoolMessage, string> {
       const a = JSON.parse(await this.door.ask({ type: 'adopt', pool: this.args.pool })) as Adoption;
       if (this.stopped) return;
       for (const m of a.machines) {
+        // Being destroyed: its `released` or `destroyed` is on the way; it counts until then.
         if (m.claimed) this.claimed.add(m.sandbox);
+        else if (m.leaving) this.retiring.add(m.sandbox);
         else if (m.ready) this.idle.set(m.sandbox, Date.now());
         else this.retire(m.sandbox, 'died');
       }
@@ -148,6 +154,7 @@ class PoolActor implements Actor<PoolMessage, string> {
         return;
       case 'destroyed':
         this.retiring.delete(msg.sandbox);
+        this.claimed.delete(msg.sandbox);
         this.replenish();
         this.checkDrained();
         return;
@@ -191,6 +198,8 @@ class PoolActor implements Actor<PoolMessage, string> {
     }
     this.counts.misses++;
     if (this.target < this.args.config.max) this.target++;
+    // Our refills still queued for a boot slot will serve this claim: let them go first.
+    if (this.booting > 0) this.door.tell({ type: 'promote', pool: this.args.pool });
     this.waiters.push(reply, timeoutMs, (r, waitedMs) => {
       this.counts.timeouts++;
       this.event('warn', 'claim_timeout', { waitedMs: Math.round(waitedMs) });
@@ -216,6 +225,8 @@ class PoolActor implements Actor<PoolMessage, string> {
 
   private handOut(sandbox: number, reply: Reply<string>, hit: boolean, waitedMs: number): void {
     this.claimed.add(sandbox);
+    // Before the reply, on the same ring: an `adopt` after a crash of this actor sees it claimed.
+    this.door.tell({ type: 'claimed', pool: this.args.pool, sandbox });
     this.event('info', 'claimed', { sandbox, hit, waitedMs: Math.round(waitedMs) });
     const answer: ClaimReply = { sandbox, hit, waitedMs };
     reply(JSON.stringify(answer));
@@ -231,7 +242,8 @@ class PoolActor implements Actor<PoolMessage, string> {
   }
 
   private onReleased(sandbox: number, failed: boolean): void {
-    if (!this.claimed.delete(sandbox)) return;
+    // A restarted incarnation may have adopted it as retiring (it was dying when adopted).
+    if (!this.claimed.delete(sandbox) && !this.retiring.delete(sandbox)) return;
     if (failed) {
       this.counts.failed++;
       this.event('warn', 'failed', { sandbox, reason: 'dead at claim' });
@@ -251,7 +263,7 @@ class PoolActor implements Actor<PoolMessage, string> {
    * boot under way, then up to `target` idle machines, never past `max`.
    */
   private replenish(): void {
-    if (this.state !== 'running' || this.backoff || this.capacityBlocked) return;
+    if (this.stopped || this.state !== 'running' || this.backoff || this.capacityBlocked) return;
     const forWaiters = Math.max(0, this.waiters.length - this.booting);
     const spareBoots = Math.max(0, this.booting - this.waiters.length);
     const forIdle = Math.max(0, this.target - this.idle.size - spareBoots);
@@ -271,6 +283,13 @@ class PoolActor implements Actor<PoolMessage, string> {
     this.booting = Math.max(0, this.booting - 1);
     this.counts.created++;
     this.consecutiveFailures = 0;
+    if (this.diedEarly.delete(sandbox)) {
+      this.counts.failed++;
+      this.event('warn', 'evicted', { sandbox, reason: 'died' });
+      this.retire(sandbox, 'died');
+      this.replenish();
+      return;
+    }
     if (this.state === 'draining' || this.state === 'drained') {
       this.retire(sandbox, 'draining');
       return;
@@ -304,7 +323,7 @@ class PoolActor implements Actor<PoolMessage, string> {
     if (this.waiters.length > this.booting) {
       this.waiters.shift()?.reply.error(new PoolError(code, message, { pool: this.args.pool }));
     }
-    if (this.state === 'running') {
+    if (this.state === 'running' && !this.backoff && !this.stopped) {
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (this.consecutiveFailures - 1));
       this.backoff = setTimeout(() => {
         this.backoff = undefined;
@@ -318,7 +337,16 @@ class PoolActor implements Actor<PoolMessage, string> {
 
   private onMachineState(sandbox: number, state: string): void {
     if (state !== 'failed' && state !== 'stopping' && state !== 'stopped') return;
-    if (!this.idle.has(sandbox)) return;
+    if (!this.idle.has(sandbox)) {
+      // Its `filled` may still be on its way (another ring): remember, so it never idles.
+      if (!this.claimed.has(sandbox) && !this.retiring.has(sandbox)) {
+        this.diedEarly.add(sandbox);
+        // Most entries are late news of machines already gone: keep only the newest.
+        if (this.diedEarly.size > DIED_EARLY_KEPT)
+          this.diedEarly.delete(this.diedEarly.values().next().value!);
+      }
+      return;
+    }
     this.idle.delete(sandbox);
     this.counts.failed++;
     this.event('warn', 'evicted', { sandbox, reason: 'died', state });
@@ -433,11 +461,19 @@ class PoolActor implements Actor<PoolMessage, string> {
     this.ctx.log[level]({ event: `pool.${what}`, pool: this.args.pool, ...fields }, `pool ${what}`);
   }
 
-  stop(): void {
+  stop(reason: StopReason): void {
     this.stopped = true;
     clearTimeout(this.ttlTimer);
     clearTimeout(this.backoff);
-    this.waiters.failAll(new PoolError(PoolErrorCode.DRAINING, `pool ${this.args.pool} stopped`));
+    // Nothing waits on an incarnation that is gone: claims, ready() and drain() hear it
+    // (a drain is asked again of the next incarnation by the PoolService).
+    const gone = new PoolError(
+      reason === 'crash' ? 'ERR_ACTOR_CRASHED' : PoolErrorCode.DRAINING,
+      `pool ${this.args.pool} actor stopped (${reason})`,
+    );
+    this.waiters.failAll(gone);
+    for (const r of this.readyWaiters.splice(0)) r.error(gone);
+    for (const r of this.drained.splice(0)) r.error(gone);
   }
 }
 

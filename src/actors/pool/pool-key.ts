@@ -6,6 +6,7 @@
  * claims from it; everything else it asks for (network policy, forwards,
  * hostname, env, metadata, timeout) is bound at the claim.
  */
+import { availableParallelism, totalmem } from 'node:os';
 import { z } from 'zod';
 import { describeIssues } from '../net/errors.js';
 import { PoolError, PoolErrorCode } from './errors.js';
@@ -67,12 +68,13 @@ export const PoolConfigSchema = z
   .object({
     image: z.string().min(1).max(256),
     backend: z.enum(['qemu', 'namespace', 'auto']),
+    // What a create may ask for: no more than the host has.
     memoryMiB: z
       .number()
       .int()
       .min(64)
-      .max(1 << 20),
-    cpus: z.number().int().min(1).max(256),
+      .max(Math.floor(totalmem() / 2 ** 20)),
+    cpus: z.number().int().min(1).max(availableParallelism()),
     ...sizing,
   })
   .partial()

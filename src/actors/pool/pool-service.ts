@@ -57,9 +57,15 @@ interface PoolEntry extends Pool {
   /** Set once the actor runs; its first messages (adopt, fill) may come before spawn returns. */
   ref: ActorRef<PoolMessage, string>;
   readonly spawned: Promise<void>;
-  /** Fills under way; a machine booted but still warming up is in `warming` too, not yet the pool's. */
+  /** Fills under way, counted until their outcome is told (a machine still warming up is not yet the pool's). */
   filling: number;
+  /** Booted machines still warming up: not yet the pool's (`adopt` skips them; `filling` counts them). */
   readonly warming: Set<number>;
+  /** Set by drain: fills still queued for a boot slot give up instead of booting. */
+  draining: boolean;
+  /** Started by a create (lazy pools, `pool: 'always'`): drained once unclaimed for its idle TTL. */
+  readonly lazy: boolean;
+  expiry?: NodeJS.Timeout;
 }
 
 /** A claimed machine, with whether it came without waiting. */
@@ -86,6 +92,13 @@ export class PoolService implements FactoryDoorTarget {
   ) {
     this.boots = new BootQueue(Math.max(1, opts.bootConcurrency ?? availableParallelism()));
     this.memoryBudgetMiB = opts.memoryMiB ?? Math.floor((totalmem() / 2 ** 20) * 0.75);
+    system.on('escalation', ({ actor }: { actor: { id: number } }) => {
+      for (const e of this.pools.values()) if (e.ref?.id === actor.id) this.onPoolLost(e, 'escalated');
+    });
+    system.on('worker-exit', ({ worker }: { worker: number }) => {
+      for (const e of [...this.pools.values()])
+        if (e.ref?.address.thread === worker) this.onPoolLost(e, `worker ${worker} exited`);
+    });
   }
 
   /** Starts a pool (ERR_POOL_BAD_CONFIG, ERR_IMAGE_NOT_FOUND, ERR_POOL_EXISTS, ERR_POOL_TOO_MANY, ERR_POOL_DRAINING); it fills in the background. */
@@ -97,10 +110,14 @@ export class PoolService implements FactoryDoorTarget {
     return this.register(c, key);
   }
 
-  /** The pool of this config's key, started if none runs (lazy pools). */
+  /**
+   * The pool of this config's key, started if none runs (lazy pools). A pool
+   * started here drains itself once no claim came for its idle TTL, so
+   * creates cannot leave pools behind.
+   */
   async ensure(config: PoolConfig): Promise<Pool> {
     const { c, key } = await this.resolve(config);
-    return this.pools.get(poolKeyString(key)) ?? this.register(c, key);
+    return this.pools.get(poolKeyString(key)) ?? this.register(c, key, true);
   }
 
   /** Checks a config, its image (a pool is never made for one that does not exist: it would retry its boots forever) and resolves its backend. */
@@ -117,7 +134,7 @@ export class PoolService implements FactoryDoorTarget {
   }
 
   /** Registers the pool at once (so concurrent creates find it), then spawns its actor. */
-  private register(c: ResolvedPoolConfig, key: PoolKey): Promise<Pool> {
+  private register(c: ResolvedPoolConfig, key: PoolKey, lazy = false): Promise<Pool> {
     if (this.stopping) throw new PoolError(PoolErrorCode.DRAINING, 'the runtime is stopping');
     if (this.pools.size >= MAX_POOLS)
       throw new PoolError(PoolErrorCode.TOO_MANY, `${MAX_POOLS} pools run already; drain one first`);
@@ -147,6 +164,8 @@ export class PoolService implements FactoryDoorTarget {
       }),
       filling: 0,
       warming: new Set(),
+      draining: false,
+      lazy,
       status: async () => {
         await entry.spawned;
         return JSON.parse(await entry.ref.ask({ type: 'status' })) as PoolStatus;
@@ -158,7 +177,8 @@ export class PoolService implements FactoryDoorTarget {
       drain: () => this.drainPool(entry),
     };
     this.pools.set(name, entry);
-    this.log.info({ event: 'pool.created', pool: name, ...c, backend: key.backend }, 'pool created');
+    if (lazy) this.armExpiry(entry);
+    this.log.info({ event: 'pool.created', pool: name, lazy, ...c, backend: key.backend }, 'pool created');
     return entry.spawned.then(
       () => entry,
       (err) => {
@@ -207,8 +227,9 @@ export class PoolService implements FactoryDoorTarget {
    */
   async claim(pool: Pool, timeoutMs = pool.config.claimTimeoutMs): Promise<Claim> {
     const entry = this.pools.get(pool.name);
-    if (!entry) throw new PoolError(PoolErrorCode.DRAINING, `pool ${pool.name} is drained`);
+    if (!entry || entry.draining) throw new PoolError(PoolErrorCode.DRAINING, `pool ${pool.name} is drained`);
     await entry.spawned;
+    if (entry.lazy) this.armExpiry(entry);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const left = Math.max(0, deadline - Date.now());
@@ -225,7 +246,7 @@ export class PoolService implements FactoryDoorTarget {
         { event: 'pool.claim_dead', pool: entry.name, sandbox: answer.sandbox },
         'claimed machine was dead',
       );
-      await this.release(answer.sandbox, true);
+      await this.release(answer.sandbox, true, entry.name);
     }
   }
 
@@ -235,12 +256,12 @@ export class PoolService implements FactoryDoorTarget {
   }
 
   /** A claimed machine's end: destroyed, its budget back, its pool told (which refills). */
-  async release(sandbox: number, failed = false): Promise<void> {
+  async release(sandbox: number, failed = false, poolName?: string): Promise<void> {
     const m = this.factory.get(sandbox);
-    const pool = m?.pool;
+    const pool = m?.pool ?? poolName;
     await this.factory.destroy(sandbox);
     if (m) this.giveBack(m.memoryMiB);
-    if (pool) this.pools.get(pool)?.ref.tell({ type: 'released', sandbox, failed: failed ? 1 : 0 });
+    if (pool) this.pools.get(pool)?.ref?.tell({ type: 'released', sandbox, failed: failed ? 1 : 0 });
   }
 
   /** Drains every pool (the runtime's stop, the daemon's SIGTERM). */
@@ -251,10 +272,56 @@ export class PoolService implements FactoryDoorTarget {
 
   private async drainPool(entry: PoolEntry): Promise<void> {
     if (!this.pools.has(entry.name)) return;
-    await entry.spawned;
-    await entry.ref.ask({ type: 'drain' }, { timeoutMs: (this.opts.bootTimeoutMs ?? 120_000) + 60_000 });
-    this.pools.delete(entry.name);
+    entry.draining = true;
+    clearTimeout(entry.expiry);
+    await entry.spawned.catch(() => {});
+    // A pool actor that crashes mid-drain restarts running: ask again (a few times).
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await entry.ref.ask({ type: 'drain' }, { timeoutMs: (this.opts.bootTimeoutMs ?? 120_000) + 60_000 });
+        break;
+      } catch (err) {
+        if (attempt >= 3 || !this.pools.has(entry.name)) throw err;
+        this.log.warn({ event: 'pool.drain_retry', pool: entry.name, attempt, err }, 'drain interrupted');
+      }
+    }
+    this.forget(entry);
     await this.system.stop(entry.ref).catch(() => false);
+  }
+
+  private forget(entry: PoolEntry): void {
+    clearTimeout(entry.expiry);
+    if (this.pools.get(entry.name) === entry) this.pools.delete(entry.name);
+  }
+
+  /** A lazily started pool drains once a whole idle TTL passes without a claim. */
+  private armExpiry(entry: PoolEntry): void {
+    clearTimeout(entry.expiry);
+    entry.expiry = setTimeout(() => {
+      this.log.info({ event: 'pool.expired', pool: entry.name }, 'lazy pool unused for its idle TTL');
+      void entry
+        .drain()
+        .catch((err) =>
+          this.log.error({ event: 'pool.drain_failed', pool: entry.name, err }, 'expired pool did not drain'),
+        );
+    }, entry.config.idleTtlMs);
+    entry.expiry.unref();
+  }
+
+  /**
+   * A pool actor past its restart intensity (or on a worker that exited) is
+   * gone for good: forget the pool and take its unclaimed machines down;
+   * claimed ones stay their tenants'. Creates for its key boot cold (or start
+   * a new pool, lazily).
+   */
+  private onPoolLost(entry: PoolEntry, why: string): void {
+    if (this.pools.get(entry.name) !== entry) return;
+    this.forget(entry);
+    this.log.error({ event: 'pool.lost', pool: entry.name, why }, 'pool actor lost');
+    for (const { machine, leaving } of this.factory.ofPool(entry.name)) {
+      if (machine.claimed || leaving) continue;
+      void this.factory.destroy(machine.sandbox).finally(() => this.giveBack(machine.memoryMiB));
+    }
   }
 
   // ---- the factory door (messages from pool actors) ------------------------------------
@@ -278,37 +345,42 @@ export class PoolService implements FactoryDoorTarget {
     }
     this.memoryInUseMiB += mib;
     entry.filling++;
+    const bootTimeoutMs = this.opts.bootTimeoutMs ?? 120_000;
+    let booted: number | undefined;
     void this.boots
-      .run(priority, async () => {
+      .run(priority, pool, async () => {
         await entry.spawned;
+        if (entry.draining) throw new PoolError(PoolErrorCode.DRAINING, `pool ${pool} is draining`);
         const m = await this.factory.boot({
           image: entry.key.image,
           backend: entry.key.backend,
           memoryMiB: entry.key.memoryMiB,
           cpus: entry.key.cpus,
           net: sealedNetConfig(resolveNetConfig({})),
-          bootTimeoutMs: this.opts.bootTimeoutMs ?? 120_000,
+          bootTimeoutMs,
           observer: entry.ref.address,
           pool,
           background: true,
         });
+        booted = m.sandbox;
         entry.warming.add(m.sandbox);
         try {
-          await this.factory.warmUp(m);
+          await this.factory.warmUp(m, bootTimeoutMs);
         } catch (err) {
           await this.factory.destroy(m.sandbox);
           throw err;
-        } finally {
-          entry.warming.delete(m.sandbox);
         }
         return m;
       })
       .then(
         (m) => {
+          // One synchronous step: the machine becomes the pool's as the fill stops counting.
+          entry.warming.delete(m.sandbox);
           entry.filling--;
           reply({ type: 'filled', sandbox: m.sandbox });
         },
         (err: { code?: string; message?: string }) => {
+          if (booted !== undefined) entry.warming.delete(booted);
           entry.filling--;
           this.giveBack(mib);
           reply({
@@ -334,15 +406,29 @@ export class PoolService implements FactoryDoorTarget {
     const adoption: Adoption = {
       machines: this.factory
         .ofPool(pool)
-        .filter((m) => !this.pools.get(pool)?.warming.has(m.sandbox))
-        .map((m) => ({ sandbox: m.sandbox, claimed: m.claimed, ready: this.factory.alive(m) })),
+        .filter(({ machine }) => !this.pools.get(pool)?.warming.has(machine.sandbox))
+        .map(({ machine, leaving }) => ({
+          sandbox: machine.sandbox,
+          claimed: machine.claimed,
+          ready: this.factory.alive(machine),
+          leaving,
+        })),
       filling: this.pools.get(pool)?.filling ?? 0,
     };
     return JSON.stringify(adoption);
   }
 
+  claimed(_pool: string, sandbox: number): void {
+    const m = this.factory.get(sandbox);
+    if (m) m.claimed = true;
+  }
+
+  promote(pool: string): void {
+    this.boots.promote(pool);
+  }
+
   private giveBack(mib: number): void {
     this.memoryInUseMiB = Math.max(0, this.memoryInUseMiB - mib);
-    for (const p of this.pools.values()) if (p.ref) p.ref.tell({ type: 'capacity' });
+    for (const p of this.pools.values()) p.ref?.tell({ type: 'capacity' });
   }
 }

@@ -74,6 +74,8 @@ export const VmMessages = union({
   rename: struct({ from: str, to: str }),
   /** Applies a new identity in the guest (today its hostname, via the agent's net_config); replies '{}'. */
   rebind: struct({ hostname: str }),
+  /** Stops telling the observer (a claimed machine is no longer its pool's). */
+  unobserve: struct({}),
 });
 
 export const SinkMessages = union({

@@ -17,7 +17,7 @@
  * process (not gone, not a zombie), a few microseconds in all.
  */
 import diagnostics from 'node:diagnostics_channel';
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ImageSpec } from '../../images/spec.js';
 import type { ImageStore } from '../../images/store.js';
@@ -26,7 +26,7 @@ import type { ActorRef } from '../../runtime/actor-ref.js';
 import type { ActorSystem } from '../../runtime/actor-system.js';
 import type { NetConfig } from '../net/config.js';
 import type { NetworkService } from '../net/network-service.js';
-import { reniceProcesses } from './backends/launcher.js';
+import { NICE, reniceProcesses } from './backends/launcher.js';
 import type { VmInfo, VmMessage, VmState } from './messages.js';
 import VmActor, { type VmArgs } from './vm-actor.js';
 
@@ -98,6 +98,8 @@ export interface BootedMachine {
   claimed: boolean;
   /** Its processes run at background priority (until `foreground()`). */
   background: boolean;
+  /** The machine process's start time (/proc/<pid>/stat field 22): tells it from a later process with its pid. */
+  readonly startTime: string | undefined;
   /** Called with each lifecycle change after the factory recorded it (the Sandbox's state). */
   onState?: (state: VmState) => void;
 }
@@ -122,8 +124,35 @@ export interface FactorySink {
   failSandbox(sandbox: number, error: { code: string; message: string }): void;
 }
 
+/** /proc/<pid>/stat after the command name: [state, ppid, …]; undefined once the process is gone. */
+function statFields(pid: number): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Can this runtime put a machine back to normal priority after starting it
+ * at nice 10? Lowering priority always works; raising it needs CAP_SYS_NICE
+ * (bit 23 of CapEff), which root in a container may lack.
+ */
+function canRaisePriority(): boolean {
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'latin1'));
+    return m !== null && (BigInt(`0x${m[1]}`) & (1n << 23n)) !== 0n && existsSync(NICE);
+  } catch {
+    return false;
+  }
+}
+
 export class SandboxFactory {
   private readonly machines = new Map<number, BootedMachine>();
+  /** Machines being destroyed: gone from `machines`, their processes maybe not yet. */
+  private readonly leaving = new Map<number, BootedMachine>();
+  private readonly backgroundOk = canRaisePriority();
   private nextSandbox = 1;
   private readonly states: FactorySink['states'];
 
@@ -141,9 +170,27 @@ export class SandboxFactory {
    * Runs one `/bin/sh -c true` in a fresh machine, so the first command a
    * claimant runs does not pay for the first one ever (under TCG, QEMU
    * translating the shell's code for the first time costs ~20 ms; on any
-   * backend, the page cache is warm after it). Rejects with the command's error.
+   * backend, the page cache is warm after it). Rejects with the command's
+   * error, or ERR_VM_AGENT_TIMEOUT after `timeoutMs` (an agent that hangs
+   * without closing its channel must not hold a boot slot for ever).
    */
-  warmUp(m: BootedMachine): Promise<void> {
+  warmUp(m: BootedMachine, timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            Object.assign(new Error(`the warm-up command did not finish within ${timeoutMs} ms`), {
+              code: 'ERR_VM_AGENT_TIMEOUT',
+            }),
+          ),
+        timeoutMs,
+      );
+    });
+    return Promise.race([this.runTrue(m), timeout]).finally(() => clearTimeout(timer));
+  }
+
+  private runTrue(m: BootedMachine): Promise<void> {
     return new Promise((resolve, reject) => {
       const noop = (): void => {};
       const id = this.sink.add(m.sandbox, {
@@ -192,7 +239,7 @@ export class SandboxFactory {
       agentTimeoutMs: req.bootTimeoutMs,
       observer: req.observer,
     };
-    const background = req.background === true && process.getuid?.() === 0;
+    const background = req.background === true && this.backgroundOk;
     args.nice = background ? BACKGROUND_NICE : undefined;
     let vm: ActorRef<VmMessage, string> | undefined;
     try {
@@ -216,6 +263,7 @@ export class SandboxFactory {
         pool: req.pool,
         claimed: false,
         background,
+        startTime: info.pid ? statFields(info.pid)?.[19] : undefined,
       };
       this.machines.set(sandbox, booted);
       publish({ event: 'booted', sandbox, backend: req.backend, pool: req.pool });
@@ -235,9 +283,12 @@ export class SandboxFactory {
     return this.machines.get(sandbox);
   }
 
-  /** Machines made for `pool`, claimed or not. */
-  ofPool(pool: string): BootedMachine[] {
-    return [...this.machines.values()].filter((m) => m.pool === pool);
+  /** Machines made for `pool`, claimed or not, with whether each is still being destroyed. */
+  ofPool(pool: string): { machine: BootedMachine; leaving: boolean }[] {
+    return [
+      ...[...this.machines.values()].map((machine) => ({ machine, leaving: false })),
+      ...[...this.leaving.values()].map((machine) => ({ machine, leaving: true })),
+    ].filter((e) => e.machine.pool === pool);
   }
 
   /**
@@ -248,14 +299,9 @@ export class SandboxFactory {
     if (m.state !== 'ready' && m.state !== 'busy') return false;
     const pid = m.info.pid;
     if (!pid) return true;
-    try {
-      // /proc/<pid>/stat: "pid (comm) S ..."; the state letter follows the last ')'.
-      const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
-      const s = stat[stat.lastIndexOf(')') + 2];
-      return s !== 'Z' && s !== 'X';
-    } catch {
-      return false;
-    }
+    const f = statFields(pid);
+    // Gone, a zombie, or another process that got its pid since.
+    return f !== undefined && f[0] !== 'Z' && f[0] !== 'X' && f[19] === m.startTime;
   }
 
   /**
@@ -274,9 +320,14 @@ export class SandboxFactory {
     const m = this.machines.get(sandbox);
     if (!m) return;
     this.machines.delete(sandbox);
+    this.leaving.set(sandbox, m);
     publish({ event: 'destroying', sandbox, backend: m.backend, pool: m.pool });
-    await this.unmake(sandbox, m.vm, m.runDir);
-    publish({ event: 'destroyed', sandbox, backend: m.backend, pool: m.pool });
+    try {
+      await this.unmake(sandbox, m.vm, m.runDir);
+    } finally {
+      this.leaving.delete(sandbox);
+      publish({ event: 'destroyed', sandbox, backend: m.backend, pool: m.pool });
+    }
   }
 
   /** Every machine, for the runtime's stop. */

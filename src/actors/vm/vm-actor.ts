@@ -89,9 +89,7 @@ class VmActor implements Actor<VmMessage, string> {
   private failure: ActorvmError | undefined;
   private bootMs: number | undefined;
   private readonly booted: Promise<void>;
-  private readonly observer:
-    | ActorRef<{ type: 'machine_state'; sandbox: number; state: string }, void>
-    | undefined;
+  private observer: ActorRef<{ type: 'machine_state'; sandbox: number; state: string }, void> | undefined;
 
   constructor(
     private readonly ctx: ActorContext<VmMessage>,
@@ -245,6 +243,9 @@ class VmActor implements Actor<VmMessage, string> {
         return;
       case 'rebind':
         void this.agentOp(reply, (agent) => agent.netConfig({ hostname: msg.hostname }));
+        return;
+      case 'unobserve':
+        this.observer = undefined;
         return;
     }
     const ops = this.ops;

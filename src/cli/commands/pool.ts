@@ -26,6 +26,8 @@ import { attachTerminal, commandOf, exitStatus, type TerminalFlags, terminalSize
 
 /** Signals that end `pool run` early: the sandbox is killed first. */
 const ENDING_SIGNALS = { SIGTERM: 15, SIGHUP: 1 } as const;
+/** The statuses a signal-ended run exits with (128 + the signal's number). */
+const SIGNAL_NUMBERS = { ...ENDING_SIGNALS, SIGINT: 2 } as const;
 /** How long a `pool run` sandbox outlives its command's --timeout, should actorctl itself be killed. */
 const SANDBOX_GRACE_MS = 60_000;
 
@@ -124,14 +126,14 @@ export function registerPoolCommands(program: Command): void {
       const pty = opts.tty ? terminalSize(opts) : undefined;
       // From here on a SIGTERM or SIGHUP must not leave the sandbox behind: noted now,
       // acted on once the sandbox exists (a create under way cannot be called back).
-      let ended: keyof typeof ENDING_SIGNALS | undefined;
+      let ended: keyof typeof SIGNAL_NUMBERS | undefined;
       let sbx: RemoteSandbox | undefined;
       let released: Promise<void> | undefined;
       const release = () => {
         released ??= sbx ? sbx.kill().catch(() => {}) : undefined;
         return released;
       };
-      const onSignal = (sig: keyof typeof ENDING_SIGNALS) => {
+      const onSignal = (sig: keyof typeof SIGNAL_NUMBERS) => {
         ended ??= sig;
         void release();
       };
@@ -139,15 +141,20 @@ export function registerPoolCommands(program: Command): void {
         process.on(sig, onSignal);
       try {
         const out = await withClient(opts, async (rt) => {
-          sbx = await rt.createSandbox({
-            image: opts.image,
-            backend: opts.backend,
-            memoryMiB,
-            cpus,
-            pool: 'always',
-            // A backstop should actorctl be killed outright: the daemon ends the sandbox then.
-            timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + SANDBOX_GRACE_MS,
-          });
+          // ^C while the claim is under way ends the run too (later, the terminal session owns ^C).
+          const onInterrupt = () => onSignal('SIGINT');
+          process.once('SIGINT', onInterrupt);
+          sbx = await rt
+            .createSandbox({
+              image: opts.image,
+              backend: opts.backend,
+              memoryMiB,
+              cpus,
+              pool: 'always',
+              // A backstop should actorctl be killed outright: the daemon ends the sandbox then.
+              timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + SANDBOX_GRACE_MS,
+            })
+            .finally(() => process.off('SIGINT', onInterrupt));
           try {
             if (ended) return undefined;
             const p = sbx.spawn(commandOf(cmd), {
@@ -171,7 +178,7 @@ export function registerPoolCommands(program: Command): void {
         });
         // Ended by a signal: its status, whatever the command reported as the sandbox went.
         if (ended || !out) {
-          process.exitCode = 128 + ENDING_SIGNALS[ended ?? 'SIGTERM'];
+          process.exitCode = 128 + SIGNAL_NUMBERS[ended ?? 'SIGTERM'];
           return;
         }
         if (opts.json) {

@@ -32,7 +32,7 @@ export function launchWithDeathSignal(argv: string[], opts: SpawnOptions = {}): 
   return spawn(SETPRIV, ['--pdeathsig', 'KILL', '--', ...argv], { ...opts, detached: true });
 }
 
-const NICE = '/usr/bin/nice';
+export const NICE = '/usr/bin/nice';
 
 /**
  * `argv` run at nice `n` (coreutils' nice execs it: same pid, every thread
