@@ -18,6 +18,8 @@
  *              reading which of our child processes are machines (/proc/self/task/*\/children:
  *              a namespace sandbox's launcher, a QEMU); cross-checked with the factory's
  *              live machines and the pool's idle+booting+claimed+retiring at the same points
+ *   idle exec  exec('true') in one sandbox back to back and after 500 ms idle (7 each): the
+ *              first command after a pause costs more (markedly under TCG)
  *   replenish  a pool of N (8 namespace, 3 QEMU) started empty: N / seconds until ready()
  *   idle       a pool of N idle machines (32 namespace, 4 QEMU): (growth of this process's
  *              RSS from before the pool to after it is ready, each read once steady (GC'd,
@@ -72,6 +74,9 @@ interface LatencyFigures {
   warm_create_p50_ms: number;
   warm_create_p99_ms: number;
   warm_exec_p50_ms: number;
+  /** exec('true') in one sandbox right after the previous one, and after IDLE_MS of idleness. */
+  exec_back_to_back_p50_ms: number;
+  exec_after_idle_p50_ms: number;
   cold_create_p50_ms: number;
   /** The pool's own view of the warm claims (status counters; claim p50 as the runtime bound it). */
   warm_hits: number;
@@ -231,6 +236,7 @@ async function latencies(
   const warm: Sample[] = [];
   let before = { hits: 0, misses: 0 };
   let after: PoolStatus;
+  let idleFigures: { backToBack: number; afterIdle: number };
   try {
     await pool.ready();
     for (let i = 0; i < warmup + m.warm; i++) {
@@ -240,6 +246,7 @@ async function latencies(
       await pool.ready();
     }
     after = await pool.status();
+    idleFigures = await execAfterIdle(rt, m, log);
   } finally {
     await pool.drain();
   }
@@ -265,7 +272,45 @@ async function latencies(
     warm_hits: after.hits - before.hits,
     warm_misses: after.misses - before.misses,
     pool_claim_p50_ms: after.claimP50Ms === null ? null : round(after.claimP50Ms, 3),
+    exec_back_to_back_p50_ms: round(idleFigures.backToBack, 3),
+    exec_after_idle_p50_ms: round(idleFigures.afterIdle, 3),
   };
+}
+
+/** How long the guest idles before an "after idle" exec: what a claimed machine has done before its first command. */
+const IDLE_MS = 500;
+const IDLE_SAMPLES = 7;
+
+/**
+ * The first command after a pause costs more than one right after another
+ * (under TCG markedly so): measured on one sandbox, back to back and after
+ * IDLE_MS each, so the warm figure can be read against it.
+ */
+async function execAfterIdle(
+  rt: Runtime,
+  m: Mode,
+  log: (s: string) => void,
+): Promise<{ backToBack: number; afterIdle: number }> {
+  log(`… ${m.name}: exec('${RUN_ONCE}') back to back and after ${IDLE_MS} ms idle, ${IDLE_SAMPLES} each`);
+  const s = await rt.createSandbox({ image: IMAGE, backend: m.backend });
+  const timed = async (): Promise<number> => {
+    const t0 = performance.now();
+    await s.exec(RUN_ONCE);
+    return performance.now() - t0;
+  };
+  try {
+    await timed();
+    const backToBack: number[] = [];
+    const afterIdle: number[] = [];
+    for (let i = 0; i < IDLE_SAMPLES; i++) backToBack.push(await timed());
+    for (let i = 0; i < IDLE_SAMPLES; i++) {
+      await new Promise((r) => setTimeout(r, IDLE_MS));
+      afterIdle.push(await timed());
+    }
+    return { backToBack: percentile(backToBack, 50), afterIdle: percentile(afterIdle, 50) };
+  } finally {
+    await s.kill();
+  }
 }
 
 // ---- burst -------------------------------------------------------------------------------

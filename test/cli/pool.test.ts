@@ -9,7 +9,7 @@
  * the pools and leaves no machine process behind.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PoolStatus } from '../../src/actors/pool/messages.js';
@@ -17,6 +17,7 @@ import { backendAvailable } from '../../src/actors/vm/backends/availability.js';
 import { launchWithDeathSignal } from '../../src/actors/vm/backends/launcher.js';
 import type { PoolsInfo } from '../../src/api/remote/index.js';
 import { ACTORCTL, actorctl, actorctlWith, testHome } from '../support/actorctl.js';
+import { listProcesses, readProcess } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
 
 const avail = await backendAvailable('namespace');
@@ -80,36 +81,20 @@ async function serveWarm(extra: string[]): Promise<WarmDaemon> {
 
 /** Live (not zombie) processes below `root`, with their start times (so a reused pid is not taken for one). */
 function descendants(root: number): { pid: number; start: string; cmd: string }[] {
-  const procs = new Map<number, { ppid: number; start: string; state: string; cmd: string }>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
-      procs.set(Number(name), { state: f[0], ppid: Number(f[1]), start: f[19], cmd });
-    } catch {
-      // gone while we looked
-    }
-  }
+  const procs = new Map(listProcesses().map((p) => [p.pid, p]));
   const below = (pid: number): boolean => {
     for (let p = procs.get(pid), hops = 0; p && hops < 64; p = procs.get(p.ppid), hops++)
       if (p.ppid === root) return true;
     return false;
   };
-  return [...procs]
-    .filter(([pid, p]) => p.state !== 'Z' && below(pid))
-    .map(([pid, p]) => ({ pid, start: p.start, cmd: p.cmd }));
+  return [...procs.values()]
+    .filter((p) => p.state !== 'Z' && below(p.pid))
+    .map((p) => ({ pid: p.pid, start: p.start, cmd: p.cmd.join(' ') }));
 }
 
 const alive = (p: { pid: number; start: string }): boolean => {
-  try {
-    const stat = readFileSync(`/proc/${p.pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return f[19] === p.start && f[0] !== 'Z';
-  } catch {
-    return false;
-  }
+  const now = readProcess(p.pid);
+  return now !== undefined && now.start === p.start && now.state !== 'Z';
 };
 
 let d: WarmDaemon;

@@ -8,7 +8,7 @@
  * machines beyond `min` go after their TTL; a restarted pool actor keeps its
  * machines; drain leaves nothing behind.
  */
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -18,10 +18,11 @@ import { resolveNetConfig, sealedNetConfig } from '../../src/actors/net/config.j
 import { BootQueue } from '../../src/actors/pool/boot-queue.js';
 import { FILL_FOR_CLAIM, FILL_TO_REPLENISH } from '../../src/actors/pool/messages.js';
 import { parseWarmSpec } from '../../src/actors/pool/pool-key.js';
-import type { Pool } from '../../src/actors/pool/pool-service.js';
+import { MAX_POOLS, type Pool } from '../../src/actors/pool/pool-service.js';
 import { machineChannel } from '../../src/actors/vm/sandbox-factory.js';
 import { Runtime } from '../../src/api/runtime.js';
 import type { Sandbox } from '../../src/api/sandbox.js';
+import { listProcesses } from '../support/processes.js';
 import { waitFor } from '../support/wait.js';
 
 const home = mkdtempSync(join(tmpdir(), 'actorvm-pool-'));
@@ -52,22 +53,10 @@ afterEach(async () => {
 });
 
 /** Host pids of the namespace machines this process runs now (their launchers, children of our workers). */
-function machineProcesses(): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'latin1');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (fields[0] === 'Z' || Number(fields[1]) !== process.pid) continue;
-      if (readFileSync(`/proc/${name}/cmdline`, 'latin1').split('\0').includes('launch'))
-        out.push(Number(name));
-    } catch {
-      // gone while we looked
-    }
-  }
-  return out;
-}
+const machineProcesses = (): number[] =>
+  listProcesses()
+    .filter((p) => p.state !== 'Z' && p.ppid === process.pid && p.cmd.includes('launch'))
+    .map((p) => p.pid);
 
 async function startPool(config: Parameters<Runtime['pools']['start']>[0]): Promise<Pool> {
   const pool = await rt.pools.start({ backend: 'namespace', ...config });
@@ -374,4 +363,49 @@ describe('boot queue', () => {
     expect(order).toEqual(['c-claim', 'b-refill', 'a-refill']);
     expect(q.active).toBe(0);
   });
+});
+
+describe('machine-wide limits', () => {
+  it('holds all pools inside the memory budget, caps the pool count, and boots cold past the cap', async () => {
+    const h = mkdtempSync(join(tmpdir(), 'actorvm-pool-limits-'));
+    const lim = await Runtime.start({
+      home: h,
+      backend: 'namespace',
+      log: { level: 'warn', file: join(h, 'actorvm.log') },
+      poolMemoryMiB: 512,
+      lazyPools: { min: 0, max: 2 },
+    });
+    try {
+      // Room for two 256 MiB machines: a pool that wants three never gets a third.
+      const pool = await lim.pools.start({ image: 'base', min: 3, max: 3, claimTimeoutMs: 300 });
+      await waitFor('the budget to fill', async () => (await pool.status()).idle === 2);
+      const s = await pool.status();
+      expect(s.idle + s.booting + s.claimed).toBe(2);
+      expect(lim.pools.limits).toMatchObject({ memoryMiB: 512, memoryInUseMiB: 512 });
+      await expect(pool.ready()).rejects.toMatchObject({ code: 'ERR_POOL_CAPACITY' });
+      const two = [await lim.createSandbox(), await lim.createSandbox()];
+      await expect(lim.createSandbox()).rejects.toMatchObject({ code: 'ERR_POOL_EXHAUSTED' });
+      await Promise.all(two.map((x) => x.kill()));
+      await pool.drain();
+      expect(lim.pools.limits.memoryInUseMiB).toBe(0);
+      // As many pools as allowed (machine-less ones here), then no more.
+      for (let i = 0; i < MAX_POOLS; i++) await lim.pools.start({ image: 'base', memoryMiB: 64 + i, min: 0 });
+      await expect(
+        lim.pools.start({ image: 'base', memoryMiB: 64 + MAX_POOLS, min: 0 }),
+      ).rejects.toMatchObject({
+        code: 'ERR_POOL_TOO_MANY',
+      });
+      // A create of yet another key cannot get a lazy pool: it boots cold instead of failing.
+      const cold = await lim.createSandbox({ memoryMiB: 64 + MAX_POOLS });
+      expect(cold.claim).toBeUndefined();
+      expect((await cold.exec('true')).exitCode).toBe(0);
+      await cold.kill();
+      await expect(lim.createSandbox({ memoryMiB: 64 + MAX_POOLS, pool: 'always' })).rejects.toMatchObject({
+        code: 'ERR_POOL_TOO_MANY',
+      });
+    } finally {
+      await lim.stop();
+      rmSync(h, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

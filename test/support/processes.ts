@@ -47,3 +47,35 @@ export function processesInPidNamespace(ns: string): number[] {
   }
   return out;
 }
+
+/** One process as /proc shows it: state letter, parent, start time (tells a reused pid apart), command line. */
+export interface ProcInfo {
+  pid: number;
+  state: string;
+  ppid: number;
+  start: string;
+  cmd: string[];
+}
+
+/** Every process now (kernel threads, with no command line, left out). */
+export function listProcesses(): ProcInfo[] {
+  const out: ProcInfo[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const p = readProcess(Number(name));
+    if (p && p.cmd.length > 0) out.push(p);
+  }
+  return out;
+}
+
+/** One process, or undefined once it is gone. */
+export function readProcess(pid: number): ProcInfo | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cmd = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0').filter(Boolean);
+    return { pid, state: f[0], ppid: Number(f[1]), start: f[19], cmd };
+  } catch {
+    return undefined; // gone while we looked
+  }
+}

@@ -173,6 +173,13 @@ class PoolActor implements Actor<PoolMessage, string> {
       case 'ready':
         if (this.state === 'draining' || this.state === 'drained')
           reply.error(new PoolError(PoolErrorCode.DRAINING, `pool ${this.args.pool} is ${this.state}`));
+        else if (this.capacityBlocked && this.idle.size < this.args.config.min)
+          reply.error(
+            new PoolError(
+              PoolErrorCode.CAPACITY,
+              `pool ${this.args.pool} cannot reach min within the memory budget`,
+            ),
+          );
         else {
           this.readyWaiters.push(reply);
           this.checkReady();
@@ -302,6 +309,10 @@ class PoolActor implements Actor<PoolMessage, string> {
     this.checkReady();
   }
 
+  private failReady(err: PoolError): void {
+    for (const r of this.readyWaiters.splice(0)) r.error(err);
+  }
+
   private checkReady(): void {
     if (this.state === 'running' && this.idle.size >= this.args.config.min)
       for (const r of this.readyWaiters.splice(0)) r('{}');
@@ -311,18 +322,21 @@ class PoolActor implements Actor<PoolMessage, string> {
     this.booting = Math.max(0, this.booting - 1);
     if (code === PoolErrorCode.CAPACITY) {
       // Not the machine's fault: wait until the budget has room (`capacity`).
+      // Whoever waits for `min` idle hears it now rather than at its timeout.
       this.capacityBlocked = true;
       this.event('warn', 'capacity', { message });
+      this.failReady(new PoolError(code, message, { pool: this.args.pool }));
       this.checkDrained();
       return;
     }
     this.counts.failed++;
     this.consecutiveFailures++;
     this.event('error', 'failed', { code, message, consecutive: this.consecutiveFailures });
-    // A claimant waiting for a boot hears why it failed, as a cold create would.
-    if (this.waiters.length > this.booting) {
-      this.waiters.shift()?.reply.error(new PoolError(code, message, { pool: this.args.pool }));
-    }
+    // A claimant waiting for a boot hears why it failed, as a cold create would;
+    // so does whoever waits for the pool to be ready (it would wait in vain).
+    const why = new PoolError(code, message, { pool: this.args.pool });
+    if (this.waiters.length > this.booting) this.waiters.shift()?.reply.error(why);
+    this.failReady(why);
     if (this.state === 'running' && !this.backoff && !this.stopped) {
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (this.consecutiveFailures - 1));
       this.backoff = setTimeout(() => {

@@ -31,6 +31,8 @@ import {
 
 /** Pools at once: each is an actor with timers and machines, and lazy pools are made by requests. */
 export const MAX_POOLS = 64;
+/** Backstop of `ready()`: boots are bounded each, but a large pool of slow QEMU boots takes a while. */
+const READY_TIMEOUT_MS = 600_000;
 
 export interface PoolServiceOptions {
   /** Pool boots at once across all pools (default: one per core). */
@@ -47,7 +49,7 @@ export interface Pool {
   readonly key: PoolKey;
   readonly config: ResolvedPoolConfig;
   status(): Promise<PoolStatus>;
-  /** Resolves once `min` machines idle (ERR_POOL_DRAINING if it drains first). */
+  /** Resolves once `min` machines idle; rejects if a boot fails or the pool drains first. */
   ready(): Promise<void>;
   /** Stops filling, fails waiting claims, takes idle and booting machines down. Claimed ones stay their tenants'. */
   drain(): Promise<void>;
@@ -72,7 +74,6 @@ interface PoolEntry extends Pool {
 export interface Claim {
   machine: BootedMachine;
   hit: boolean;
-  pool: Pool;
 }
 
 export class PoolService implements FactoryDoorTarget {
@@ -172,7 +173,7 @@ export class PoolService implements FactoryDoorTarget {
       },
       ready: async () => {
         await entry.spawned;
-        await entry.ref.ask({ type: 'ready' }, { timeoutMs: this.opts.bootTimeoutMs ?? 600_000 });
+        await entry.ref.ask({ type: 'ready' }, { timeoutMs: READY_TIMEOUT_MS });
       },
       drain: () => this.drainPool(entry),
     };
@@ -240,7 +241,7 @@ export class PoolService implements FactoryDoorTarget {
       if (machine && this.factory.alive(machine)) {
         machine.claimed = true;
         this.factory.foreground(machine);
-        return { machine, hit: answer.hit, pool: entry };
+        return { machine, hit: answer.hit };
       }
       this.log.warn(
         { event: 'pool.claim_dead', pool: entry.name, sandbox: answer.sandbox },
