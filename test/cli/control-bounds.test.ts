@@ -9,7 +9,7 @@
  * every request but /health needs the API key (or the sandbox's token).
  */
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -80,6 +80,19 @@ function request(
 }
 
 /** One `ps` round trip on a fresh client: the daemon still serves others. */
+/** Sockets the process holds open (its accepted connections among them). */
+function socketsHeld(pid: number): number {
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('socket:')) n++;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return n;
+}
+
 async function psWorks(): Promise<boolean> {
   const c = await connectRuntime({ socket });
   try {
@@ -187,7 +200,11 @@ describe('the HTTP API', () => {
     const base = rssMiB(d.pid);
     const conns: net.Socket[] = [];
     let closedByDaemon = 0;
-    const open = async (n: number) => {
+    const baseSockets = socketsHeld(d.pid);
+    // A Unix-socket connect completes once it is queued, before the daemon accepts it: waiting for
+    // `connect` alone lets the listen backlog fill (and a later connect fail with EAGAIN). With
+    // `accepted`, each batch waits until the daemon holds it, so the backlog is never what refuses.
+    const open = async (n: number, accepted: boolean) => {
       for (let i = 0; i < n; i++) {
         const c = net.connect(socket);
         c.on('error', () => {});
@@ -195,19 +212,24 @@ describe('the HTTP API', () => {
         // Half a request: the daemon holds the connection waiting for the rest.
         c.write('GET /v1/actors HTTP/1.1\r\nHost: x\r\n');
         conns.push(c);
-        // In batches, so the listen backlog is never what refuses them.
-        if (i % 100 === 99) await Promise.all(conns.slice(-100).map((x) => connected(x)));
+        if (i % 100 === 99) {
+          await Promise.all(conns.slice(-100).map((x) => connected(x)));
+          if (accepted) {
+            const want = baseSockets + conns.length;
+            await waitFor('the daemon accepting the batch', () => socketsHeld(d.pid) >= want);
+          }
+        }
       }
       await Promise.all(conns.map((c) => connected(c)));
     };
     try {
-      await open(1000);
+      await open(1000, true);
       // A request through the same daemon after them: it has taken every one of those connections.
       expect(await psWorks()).toBe(true);
       expect(closedByDaemon).toBe(0);
       expect(rssMiB(d.pid) - base).toBeLessThan(64);
       // Past MAX_CONNECTIONS (1024) the door closes new ones at once.
-      await open(100);
+      await open(100, false);
       await waitFor('connections past the limit closed', () => closedByDaemon > 0);
       expect(rssMiB(d.pid) - base).toBeLessThan(64);
     } finally {
