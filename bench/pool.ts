@@ -20,7 +20,9 @@
  *              live machines and the pool's idle+booting+claimed+retiring at the same points
  *   idle exec  exec('true') in one sandbox back to back and after 500 ms idle (7 each): the
  *              first command after a pause costs more (markedly under TCG)
- *   replenish  a pool of N (8 namespace, 3 QEMU) started empty: N / seconds until ready()
+ *   replenish  a pool of N (8 namespace, 3 QEMU) started empty: N / seconds until ready();
+ *              for QEMU also with `fill: 'fork'` (`qemu-tcg-fork`: one template boot, then
+ *              restores), the template's boot included
  *   idle       a pool of N idle machines (32 namespace, 4 QEMU): (growth of this process's
  *              RSS from before the pool to after it is ready, each read once steady (GC'd,
  *              quiet for --quiet-ms) + the PSS of every process of every machine — its host
@@ -466,10 +468,21 @@ interface ReplenishFigures {
   per_s: number;
 }
 
-async function replenish(rt: Runtime, m: Mode, log: (s: string) => void): Promise<ReplenishFigures> {
-  log(`… ${m.name}: a pool of ${m.replenish} started empty, until ready`);
+async function replenish(
+  rt: Runtime,
+  m: Mode,
+  log: (s: string) => void,
+  fill: 'boot' | 'fork' = 'boot',
+): Promise<ReplenishFigures> {
+  log(`… ${m.name}: a pool of ${m.replenish} (fill: ${fill}) started empty, until ready`);
   const t0 = performance.now();
-  const pool = await rt.pools.start({ image: IMAGE, backend: m.backend, min: m.replenish, max: m.replenish });
+  const pool = await rt.pools.start({
+    image: IMAGE,
+    backend: m.backend,
+    min: m.replenish,
+    max: m.replenish,
+    fill,
+  });
   try {
     await pool.ready();
     const seconds = (performance.now() - t0) / 1000;
@@ -631,6 +644,9 @@ export async function run(argv: string[]): Promise<void> {
       if (m.backend === 'namespace' && burstClaims > 0)
         bursted = await burst(rt, burstClaims, burstMin, burstMax, log);
       if (m.replenish > 0) replenished[m.name] = await replenish(rt, m, log);
+      // Side by side: the same pool filled by restoring a template snapshot (issue 12).
+      if (m.replenish > 0 && m.backend === 'qemu')
+        replenished[`${m.name}-fork`] = await replenish(rt, m, log, 'fork');
       if (m.idle > 0) idle[m.name] = await idleMemory(rt, m, quietMs, log);
     }
   } finally {

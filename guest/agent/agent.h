@@ -249,6 +249,10 @@ int net_link_up(const char *ifname, char *err, size_t errlen);
 void net_lo_up(void);
 void op_net_config(struct conn *c, const struct avm_frame *f);
 
+/* handoff.c */
+void op_handoff(struct conn *c, const struct avm_frame *f);
+int handoff_codec_main(void);
+
 /* reaper.c */
 void reaper_register(pid_t pid, struct stream *s);
 void reaper_unregister(pid_t pid);

@@ -92,7 +92,7 @@ static void send_hello(struct conn *c)
 	static const char *const caps[] = {"run",      "shell",    "login_shell", "stdin", "signal", "cancel",
 					   "timeout",  "put_file", "get_file",    "stat",  "list",   "mkdir",
 					   "ping",     "shutdown", "net_config",  "pty",   "remove", "rename",
-					   "watch"};
+					   "watch",    "handoff"};
 	size_t at = frame_begin(c);
 	struct buf *b = &c->out;
 	tlv_u32(b, HELLO_VERSION, AVM_PROTO_VERSION);
@@ -580,6 +580,7 @@ static void handle_frame(struct conn *c, const struct avm_frame *f)
 	case T_PING:
 	case T_SHUTDOWN:
 	case T_NET_CONFIG:
+	case T_HANDOFF:
 		if (!open_check(c, f))
 			return;
 		if (f->type == T_STAT)
@@ -596,6 +597,8 @@ static void handle_frame(struct conn *c, const struct avm_frame *f)
 			on_ping(c, f);
 		else if (f->type == T_SHUTDOWN)
 			on_shutdown(c, f);
+		else if (f->type == T_HANDOFF)
+			op_handoff(c, f);
 		else
 			op_net_config(c, f);
 		return;

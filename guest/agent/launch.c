@@ -17,14 +17,22 @@
  *   join the sandbox's cgroup (if any)        wait on the sync socket
  *   clone() ---------------------------------->
  *   write uid_map/gid_map: 0 -> BASE, COUNT
- *   open_tree(rootfs) + mount_setattr(IDMAP
- *     through the child's user ns, RDONLY)
- *   send "go" + that mount fd  --------------> mount the scratch tmpfs, cd there
- *   report "pid N" on the status fd           become uid/gid 0 of the new ns
- *   wait for the child; exit as it did        attach the idmapped image, overlay
+ *   open_tree(rootfs), open_tree(each
+ *     --layer) + mount_setattr(IDMAP through
+ *     the child's user ns, RDONLY, NODEV)
+ *   send 'g' + those mount fds --------------> mount the scratch tmpfs, cd there
+ *                                             become uid/gid 0 of the new ns
+ *                                             mkdir lower, upper, work, root
+ *   keep it at fd 7 <------------------------ send 'u' + an O_PATH fd of upper
+ *   report "pid N upper 7" on the status fd   attach the image at lower, the
+ *   wait for the child; exit as it did          layers at layer0.., overlay
  *                                             proc, sys, dev; mask and freeze
  *                                             pivot_root; no_new_privs; seccomp
  *                                             exec the agent
+ *
+ * The sync socket is a SOCK_SEQPACKET pair, used both ways: one message per
+ * step, a tag byte and its fds (SCM_RIGHTS); an end that closes reads as EOF,
+ * so either side learns at once that the other died.
  *
  * Ids. Guest ids 0..COUNT-1 are host ids BASE..BASE+COUNT-1 (BASE never 0:
  * guest root is an unprivileged host uid, and each sandbox gets its own
@@ -38,6 +46,31 @@
  * only. The child attaches it inside its own mount namespace as the overlay's
  * lower layer: nothing is ever mounted in the host's namespace, nothing is
  * copied per sandbox, and the image cannot be written (tested).
+ *
+ * Layers (`--layer DIR`, at most MAX_LAYERS, topmost first): host directories
+ * whose files belong to guest ids, like the image's — a snapshot's captured
+ * writable layer (namespace.ts, writable-layer.ts). Each is cloned and
+ * idmapped exactly like the image and sent with it; the child attaches them
+ * at layer0, layer1, … and the overlay is `lowerdir=layer0:layer1:…:lower`,
+ * so a layer's files cover the image's, and its whiteouts (char 0:0) and
+ * opaque directories (user.overlay.opaque: the overlay is mounted with
+ * userxattr, see there) hide what lies below. A layer path that cannot be
+ * opened ends the launcher before the child has anything: no sandbox.
+ *
+ * The writable layer. The overlay's upper directory is on the scratch tmpfs,
+ * which is mounted inside the sandbox's mount namespace and, after
+ * pivot_root, hangs off the detached old root: no host path reaches it. So
+ * the child, before pivot_root, sends the launcher an O_PATH fd of `upper`,
+ * and the launcher — which stays in the host's mount namespace until the
+ * child exits — keeps it at fd UPPER_FD (7) and names it on the status line.
+ * The host reads the layer through /proc/<launcher pid>/fd/7/, a magic link
+ * to that directory. The guest can never reach that fd: the launcher is in
+ * the host's pid namespace, outside the sandbox's, so no process inside can
+ * name it (in its /proc, by ptrace, by pidfd); the fd is created after the
+ * clone() in a process that never shares its fd table with the child, and
+ * the child's own copy is closed before anything of the guest runs. And a
+ * host process other than root cannot open /proc/<launcher>/fd (the
+ * launcher runs as root).
  *
  * Order in the child. Host paths (the run directory lies under a 0700 home)
  * are only traversable while the child still has host uid 0, so the one
@@ -73,9 +106,17 @@
 
 #define CHILD_STACK (256u << 10)
 #define MAX_ENV 1024
+/* Read-only layers over the image; namespace.ts checks the same bound (MAX_LAYERS). */
+#define MAX_LAYERS 16
+/* Where the launcher keeps the upper directory: the first fd after the runtime's channels 0..6. */
+#define UPPER_FD 7
+#define STR(x) #x
+#define XSTR(x) STR(x)
 
 struct launch {
 	const char *rootfs, *scratch, *cgroup;
+	const char *layers[MAX_LAYERS];
+	int nlayers;
 	uint32_t disk_mib, id_base, id_count;
 	int status_fd;
 	pid_t parent;
@@ -98,7 +139,7 @@ static void usage(void)
 {
 	static const char text[] =
 		"usage: actorvm-agent launch --rootfs DIR --scratch DIR --disk-mib N --id-base N --id-count N\n"
-		"         --status-fd N --parent-pid N [--cgroup DIR] [--nested-userns]\n"
+		"         --status-fd N --parent-pid N [--cgroup DIR] [--nested-userns] [--layer DIR]...\n"
 		"         -- [KEY=VALUE...] PROGRAM [ARG...]\n";
 	(void)!write(2, text, sizeof(text) - 1);
 	_exit(2);
@@ -131,6 +172,11 @@ static void parse(int argc, char **argv, struct launch *l)
 			l->scratch = v;
 		else if (strcmp(o, "--cgroup") == 0)
 			l->cgroup = v;
+		else if (strcmp(o, "--layer") == 0) {
+			if (l->nlayers == MAX_LAYERS || !*v)
+				usage();
+			l->layers[l->nlayers++] = v;
+		}
 		else if (strcmp(o, "--disk-mib") == 0)
 			l->disk_mib = num(v);
 		else if (strcmp(o, "--id-base") == 0)
@@ -144,7 +190,9 @@ static void parse(int argc, char **argv, struct launch *l)
 		else
 			usage();
 	}
-	if (i >= argc || !l->rootfs || !l->scratch || !l->disk_mib || l->status_fd < 0 || !l->parent)
+	/* UPPER_FD is where the writable layer will be kept: the status fd must be elsewhere. */
+	if (i >= argc || !l->rootfs || !l->scratch || !l->disk_mib || l->status_fd < 0 || l->status_fd == UPPER_FD ||
+	    !l->parent)
 		usage();
 	/* Guest root must never be host root: the range starts above the first 64 Ki ids. */
 	if (l->id_base < 65536 || l->id_count < 1 || l->id_count > 65536 || l->id_base > UINT32_MAX - l->id_count)
@@ -157,6 +205,54 @@ static void parse(int argc, char **argv, struct launch *l)
 	if (i >= argc || argv[i][0] != '/')
 		usage();
 	l->argv = argv + i;
+}
+
+/* ---- the sync socket, both ways ---- */
+
+/*
+ * One message: a tag byte and `n` fds. The socket is a SOCK_SEQPACKET pair,
+ * so a message arrives whole or not at all, and a closed end reads as EOF.
+ */
+union fd_control {
+	char buf[CMSG_SPACE(sizeof(int) * (MAX_LAYERS + 1))];
+	struct cmsghdr align;
+};
+
+static void send_fds(int sock, char tag, const int *fds, int n, const char *what)
+{
+	struct iovec io = {&tag, 1};
+	union fd_control u;
+	memset(&u, 0, sizeof(u));
+	struct msghdr m = {.msg_iov = &io,
+			   .msg_iovlen = 1,
+			   .msg_control = u.buf,
+			   .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+	struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+	h->cmsg_level = SOL_SOCKET;
+	h->cmsg_type = SCM_RIGHTS;
+	h->cmsg_len = CMSG_LEN(sizeof(int) * n);
+	memcpy(CMSG_DATA(h), fds, sizeof(int) * n);
+	if (sendmsg(sock, &m, MSG_NOSIGNAL) != 1)
+		die(what, NULL);
+}
+
+/* Exactly `n` fds tagged `tag`, or -1: the other side ended (its end closed) or sent something else. */
+static int recv_fds(int sock, char tag, int *fds, int n)
+{
+	char byte;
+	struct iovec io = {&byte, 1};
+	union fd_control u;
+	struct msghdr m = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
+	ssize_t r;
+	do
+		r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+	while (r < 0 && errno == EINTR);
+	struct cmsghdr *h = r == 1 && byte == tag && !(m.msg_flags & MSG_CTRUNC) ? CMSG_FIRSTHDR(&m) : NULL;
+	if (!h || h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS ||
+	    h->cmsg_len != CMSG_LEN(sizeof(int) * n))
+		return -1;
+	memcpy(fds, CMSG_DATA(h), sizeof(int) * n);
+	return 0;
 }
 
 /* ---- child side ---- */
@@ -251,38 +347,19 @@ static void build_dev(void)
 			die("symlink", links[i][1]);
 }
 
-static int recv_fd(int sock)
-{
-	char byte;
-	struct iovec io = {&byte, 1};
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr m = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
-	ssize_t n;
-	do
-		n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
-	while (n < 0 && errno == EINTR);
-	struct cmsghdr *h = n == 1 && byte == 'g' ? CMSG_FIRSTHDR(&m) : NULL;
-	if (!h || h->cmsg_type != SCM_RIGHTS)
-		return -1;
-	int fd;
-	memcpy(&fd, CMSG_DATA(h), sizeof(fd));
-	return fd;
-}
-
 static int child_main(void *arg)
 {
 	struct launch *l = arg;
 	close(l->sync[0]);
 	close(l->status_fd); /* the runtime's pipe: nothing for the sandbox to write to */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	/* The launcher ended before we were given anything (its end closed): so do we. */
-	int lower = recv_fd(l->sync[1]);
-	if (lower < 0)
+	/*
+	 * The image's mount, then each layer's. The launcher ended before it sent
+	 * them (its end closed): so do we.
+	 */
+	int lower[1 + MAX_LAYERS];
+	if (recv_fds(l->sync[1], 'g', lower, 1 + l->nlayers) < 0)
 		_exit(112);
-	close(l->sync[1]);
 
 	/* Still host uid 0 here: the only phase in which host paths can be walked. */
 	do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
@@ -301,11 +378,42 @@ static int child_main(void *arg)
 	mkdir_p1("upper", 0755);
 	mkdir_p1("work", 0700);
 	mkdir_p1("root", 0755);
-	if (syscall(SYS_move_mount, lower, "", AT_FDCWD, "lower", AVM_MOVE_MOUNT_F_EMPTY_PATH) < 0)
+	/*
+	 * The writable layer, for the launcher to keep: once the host root is
+	 * detached below, that fd is the host's only way to it (snapshots). An
+	 * O_PATH fd opens nothing and reads nothing; the launcher holds it where
+	 * no process of the sandbox can reach.
+	 */
+	int upper = open("upper", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (upper < 0)
+		die("open", "upper");
+	send_fds(l->sync[1], 'u', &upper, 1, "hand the writable layer to the launcher");
+	close(upper);
+	close(l->sync[1]);
+
+	if (syscall(SYS_move_mount, lower[0], "", AT_FDCWD, "lower", AVM_MOVE_MOUNT_F_EMPTY_PATH) < 0)
 		die("attach the image", NULL);
-	close(lower);
-	/* Relative layer paths: /proc/mounts inside shows no host path. */
-	do_mount("actorvm-root", "root", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work");
+	close(lower[0]);
+	/* Relative layer paths, topmost first: /proc/mounts inside shows no host path. */
+	char opts_root[64 + MAX_LAYERS * 10] = "lowerdir=";
+	for (int i = 0; i < l->nlayers; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "layer%d", i);
+		mkdir_p1(name, 0755);
+		if (syscall(SYS_move_mount, lower[1 + i], "", AT_FDCWD, name, AVM_MOVE_MOUNT_F_EMPTY_PATH) < 0)
+			die("attach the layer", l->layers[i]);
+		close(lower[1 + i]);
+		strcat(strcat(opts_root, name), ":");
+	}
+	/*
+	 * userxattr: an overlay mounted in a user namespace cannot use trusted.*
+	 * xattrs (only CAP_SYS_ADMIN over the host's namespace may), and without
+	 * them it cannot mark a directory opaque: replacing a directory of the
+	 * image failed with EIO, and a layer's opaque directories would not hide
+	 * what lies below. user.overlay.* it can (tmpfs has user xattrs since 6.6).
+	 */
+	strcat(opts_root, "lower,upperdir=upper,workdir=work,userxattr");
+	do_mount("actorvm-root", "root", "overlay", 0, opts_root);
 	if (chdir("root") < 0)
 		die("chdir", "root");
 
@@ -345,44 +453,66 @@ static void write_file(const char *path, const char *text)
 	close(fd);
 }
 
-static void send_fd(int sock, int fd)
+/*
+ * A host directory whose files belong to guest ids (the image, a layer) as a
+ * detached, read-only mount seen through the child's id map.
+ */
+static int idmapped_tree(const char *dir, int userns)
 {
-	char byte = 'g';
-	struct iovec io = {&byte, 1};
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	memset(&u, 0, sizeof(u));
-	struct msghdr m = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf)};
-	struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-	h->cmsg_level = SOL_SOCKET;
-	h->cmsg_type = SCM_RIGHTS;
-	h->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(h), &fd, sizeof(fd));
-	if (sendmsg(sock, &m, MSG_NOSIGNAL) != 1)
-		die("hand the image to the sandbox", NULL);
+	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, dir, AVM_OPEN_TREE_CLONE | AVM_OPEN_TREE_CLOEXEC | AVM_AT_RECURSIVE);
+	if (fd < 0)
+		die("open_tree", dir);
+	struct avm_mount_attr attr = {
+		.attr_set = AVM_MOUNT_ATTR_IDMAP | AVM_MOUNT_ATTR_RDONLY | AVM_MOUNT_ATTR_NODEV,
+		.userns_fd = (uint64_t)userns,
+	};
+	if (syscall(SYS_mount_setattr, fd, "", AVM_AT_EMPTY_PATH | AVM_AT_RECURSIVE, &attr, sizeof(attr)) < 0)
+		die("idmap", dir);
+	return fd;
 }
 
-/* The image directory as a detached, read-only mount seen through the child's id map. */
-static int idmapped_image(const char *rootfs, pid_t child)
+/* The image's mount and each layer's, for the child, in one message. */
+static void send_lower_layers(const struct launch *l, pid_t child)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)child);
 	int userns = open(path, O_RDONLY | O_CLOEXEC);
 	if (userns < 0)
 		die("open", path);
-	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, rootfs, AVM_OPEN_TREE_CLONE | AVM_OPEN_TREE_CLOEXEC | AVM_AT_RECURSIVE);
-	if (fd < 0)
-		die("open_tree", rootfs);
-	struct avm_mount_attr attr = {
-		.attr_set = AVM_MOUNT_ATTR_IDMAP | AVM_MOUNT_ATTR_RDONLY | AVM_MOUNT_ATTR_NODEV,
-		.userns_fd = (uint64_t)userns,
-	};
-	if (syscall(SYS_mount_setattr, fd, "", AVM_AT_EMPTY_PATH | AVM_AT_RECURSIVE, &attr, sizeof(attr)) < 0)
-		die("idmap", rootfs);
+	int fds[1 + MAX_LAYERS];
+	fds[0] = idmapped_tree(l->rootfs, userns);
+	for (int i = 0; i < l->nlayers; i++)
+		fds[1 + i] = idmapped_tree(l->layers[i], userns);
 	close(userns);
-	return fd;
+	send_fds(l->sync[0], 'g', fds, 1 + l->nlayers, "hand the image to the sandbox");
+	for (int i = 0; i <= l->nlayers; i++)
+		close(fds[i]);
+}
+
+/*
+ * The child's writable layer, kept at UPPER_FD for as long as we live (as
+ * long as the sandbox does): /proc/<our pid>/fd/UPPER_FD is the host's way
+ * to it. False when the child ended before it sent it (its stderr says why).
+ * The last use of the sync socket: closed here, which may free UPPER_FD.
+ */
+static bool keep_upper(int sock)
+{
+	int fd;
+	int rc = recv_fds(sock, 'u', &fd, 1);
+	close(sock);
+	if (rc < 0)
+		return false;
+	if (fd != UPPER_FD) {
+		/* Nothing of ours may sit there: dup3 would close it silently. */
+		if (fcntl(UPPER_FD, F_GETFD) >= 0) {
+			errno = EBUSY;
+			die("keep the writable layer at fd " XSTR(UPPER_FD), NULL);
+		}
+		if (dup3(fd, UPPER_FD, O_CLOEXEC) < 0)
+			die("keep the writable layer", NULL);
+		close(fd);
+	}
+	return true;
 }
 
 int launch_main(int argc, char **argv)
@@ -415,13 +545,15 @@ int launch_main(int argc, char **argv)
 	write_file(path, map);
 	snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)child);
 	write_file(path, map);
-	int image = idmapped_image(l.rootfs, child);
-	send_fd(l.sync[0], image);
-	close(image);
-	close(l.sync[0]);
-	char line[32];
-	int n = snprintf(line, sizeof(line), "pid %d\n", (int)child);
-	(void)!write(l.status_fd, line, (size_t)n);
+	send_lower_layers(&l, child);
+	if (keep_upper(l.sync[0])) {
+		char line[48];
+		int n = snprintf(line, sizeof(line), "pid %d upper %d\n", (int)child, UPPER_FD);
+		(void)!write(l.status_fd, line, (size_t)n);
+	} else {
+		/* No status line: the runtime reports a failed start, with the child's stderr. */
+		kill(child, SIGKILL);
+	}
 	close(l.status_fd);
 
 	int status;

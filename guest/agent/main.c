@@ -552,6 +552,8 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "launch") == 0)
 		return launch_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "handoff-codec") == 0)
+		return handoff_codec_main();
 
 	milestone("agent_start");
 	ensure_std_fds();

@@ -70,6 +70,24 @@ static bool default_gw_of(const char *ifname, struct in_addr *gw)
 	return found;
 }
 
+static bool mtu_is(int fd, const char *ifname, uint32_t mtu)
+{
+	struct ifreq ifr;
+	ifreq_for(&ifr, ifname);
+	return ioctl(fd, SIOCGIFMTU, &ifr) == 0 && ifr.ifr_mtu == (int)mtu;
+}
+
+static bool addr_is(int fd, const char *ifname, struct in_addr addr, uint8_t prefix)
+{
+	struct ifreq ifr;
+	ifreq_for(&ifr, ifname);
+	if (ioctl(fd, SIOCGIFADDR, &ifr) < 0 || ((struct sockaddr_in *)&ifr.ifr_addr)->sin_addr.s_addr != addr.s_addr)
+		return false;
+	ifreq_for(&ifr, ifname);
+	uint32_t want = htonl(prefix ? ~0u << (32 - prefix) : 0);
+	return ioctl(fd, SIOCGIFNETMASK, &ifr) == 0 && ((struct sockaddr_in *)&ifr.ifr_netmask)->sin_addr.s_addr == want;
+}
+
 static int set_default_route(int fd, const char *ifname, struct in_addr gw)
 {
 	struct rtentry rt;
@@ -141,23 +159,38 @@ int net_apply(const struct net_settings *ns, char *err, size_t errlen)
 		struct in_addr gw = ns->gw;
 		bool want_gw = ns->has_gw;
 		if (ns->has_mac) {
-			if (!want_gw)
-				want_gw = default_gw_of(ifname, &gw);
-			if (set_flags(fd, ifname, 0, IFF_UP) < 0)
-				FAIL("link down");
+			/* virtio-net (and tun) change their MAC live: no link flap, routes and
+			 * addresses stay. A driver that refuses (EBUSY) gets it with the link down;
+			 * that drops the routes, so the default gateway is put back below. */
 			ifreq_for(&ifr, ifname);
 			ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER_;
 			memcpy(ifr.ifr_hwaddr.sa_data, ns->mac, 6);
-			if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0)
-				FAIL("set MAC of");
+			if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0) {
+				if (errno != EBUSY)
+					FAIL("set MAC of");
+				if (!want_gw)
+					want_gw = default_gw_of(ifname, &gw);
+				if (set_flags(fd, ifname, 0, IFF_UP) < 0)
+					FAIL("link down");
+				if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0)
+					FAIL("set MAC of");
+			}
 		}
-		if (ns->has_mtu) {
+		if (ns->has_mtu && !mtu_is(fd, ifname, ns->mtu)) {
 			ifreq_for(&ifr, ifname);
 			ifr.ifr_mtu = (int)ns->mtu;
 			if (ioctl(fd, SIOCSIFMTU, &ifr) < 0)
 				FAIL("set MTU of");
 		}
-		if (ns->has_addr) {
+		/* Re-setting the address it already has would delete and re-add it, and
+		 * with it every route through it: a restored machine usually keeps its
+		 * address, so that is skipped (and so is the gateway, when it is already the
+		 * default route). */
+		if (ns->has_addr && addr_is(fd, ifname, ns->addr, ns->prefix)) {
+			struct in_addr cur;
+			if (want_gw && default_gw_of(ifname, &cur) && cur.s_addr == gw.s_addr)
+				want_gw = false;
+		} else if (ns->has_addr) {
 			ifreq_for(&ifr, ifname);
 			fill_sin(&ifr.ifr_addr, ns->addr);
 			if (ioctl(fd, SIOCSIFADDR, &ifr) < 0)

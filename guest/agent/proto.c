@@ -507,3 +507,60 @@ int avm_decode_net(const uint8_t *p, size_t n, struct net_settings *s, const cha
 	memset(s, 0, sizeof(*s));
 	return tlv_walk(p, n, net_field, s, why);
 }
+
+struct handoff_ctx {
+	struct handoff_req *h;
+	bool nonce, seed, clock;
+};
+
+static int handoff_field(void *ctx, uint8_t tag, const uint8_t *v, uint32_t l, const char **why)
+{
+	struct handoff_ctx *z = ctx;
+	switch (tag) {
+	case HANDOFF_NONCE:
+		if (l != AVM_HANDOFF_NONCE) {
+			*why = "handoff nonce must be 16 bytes";
+			return -1;
+		}
+		memcpy(z->h->nonce, v, l);
+		z->nonce = true;
+		return 0;
+	case HANDOFF_SEED:
+		if (l != AVM_HANDOFF_SEED) {
+			*why = "handoff seed must be 32 bytes";
+			return -1;
+		}
+		memcpy(z->h->seed, v, l);
+		z->seed = true;
+		return 0;
+	case HANDOFF_CLOCK_NS:
+		if (get_u64(v, l, &z->h->clock_ns) < 0) {
+			*why = "bad handoff clock";
+			return -1;
+		}
+		z->clock = true;
+		return 0;
+	case HANDOFF_ACK_PORT:
+		if (get_u32(v, l, &z->h->ack_port) < 0 || z->h->ack_port > 65535) {
+			*why = "bad handoff ack port";
+			return -1;
+		}
+		return 0;
+	default:
+		/* The identity: exactly net_config's fields and checks. */
+		return net_field(&z->h->net, tag, v, l, why);
+	}
+}
+
+int avm_decode_handoff(const uint8_t *p, size_t n, struct handoff_req *h, const char **why)
+{
+	memset(h, 0, sizeof(*h));
+	struct handoff_ctx z = {.h = h};
+	if (tlv_walk(p, n, handoff_field, &z, why) < 0)
+		return -1;
+	if (!z.nonce || !z.seed || !z.clock || !h->net.has_addr) {
+		*why = "handoff needs a nonce, a seed, the clock and an address";
+		return -1;
+	}
+	return 0;
+}

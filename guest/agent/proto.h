@@ -41,6 +41,7 @@ enum avm_type {
 	T_REMOVE = 0x19,
 	T_RENAME = 0x1a,
 	T_WATCH = 0x1b,
+	T_HANDOFF = 0x1c,
 	T_DATA = 0x20,
 	T_WINDOW = 0x21,
 	T_SIGNAL = 0x22,
@@ -73,6 +74,18 @@ enum { REQ_PATH = 1, REQ_MODE = 2, REQ_SIZE = 3, REQ_NOFOLLOW = 4, REQ_RECURSIVE
 enum { SHUTDOWN_ACTION = 1 };
 enum { NET_IFNAME = 1, NET_MAC = 2, NET_ADDR = 3, NET_GATEWAY = 4, NET_DNS = 5, NET_HOSTNAME = 6,
        NET_MTU = 7 };
+/* HANDOFF (a restored or forked machine takes on its own identity): the NET_*
+ * fields above, plus these. Its RESULT carries HANDOFF_RESULT_APPLY_US. The
+ * host's codec is src/protocol/handoff.ts; the two are tested against each
+ * other (`actorvm-agent handoff-codec`). */
+enum { HANDOFF_NONCE = 16, HANDOFF_SEED = 17, HANDOFF_CLOCK_NS = 18, HANDOFF_ACK_PORT = 19 };
+enum { HANDOFF_RESULT_APPLY_US = 1 };
+#define AVM_HANDOFF_NONCE 16u
+#define AVM_HANDOFF_SEED 32u
+/* The acknowledgment datagram the agent sends from its new address to the
+ * gateway's ack port once the identity is applied: magic, then the nonce. */
+#define AVM_HANDOFF_ACK_MAGIC "AVMHOFF1"
+#define AVM_HANDOFF_ACK_LEN (8u + AVM_HANDOFF_NONCE)
 enum { STAT_TYPE = 1, STAT_MODE = 2, STAT_SIZE = 3, STAT_MTIME_NS = 4, STAT_UID = 5, STAT_GID = 6,
        STAT_LINK = 7 };
 enum { LIST_ENTRY = 1 };
@@ -184,12 +197,22 @@ struct net_settings {
 	uint32_t mtu;
 };
 
+struct handoff_req {
+	struct net_settings net;
+	uint8_t nonce[AVM_HANDOFF_NONCE];
+	uint8_t seed[AVM_HANDOFF_SEED];
+	uint64_t clock_ns; /* the host's wall clock (Unix ns) when it sent this */
+	uint32_t ack_port; /* UDP port on the gateway; 0 = send no ack */
+};
+
 /* Request decoders: return 0, or -1 with *why set to a static reason. */
 int avm_decode_run(const uint8_t *p, size_t n, struct run_req *r, const char **why);
 void avm_run_req_free(struct run_req *r);
 int avm_decode_path_req(const uint8_t *p, size_t n, struct path_req *r, const char **why);
 int avm_decode_net(const uint8_t *p, size_t n, struct net_settings *s, const char **why);
 int avm_decode_shutdown(const uint8_t *p, size_t n, uint8_t *action, const char **why);
+/* Needs a nonce, a seed, the clock and an address (the NET_* part decodes as net_config's). */
+int avm_decode_handoff(const uint8_t *p, size_t n, struct handoff_req *h, const char **why);
 
 /* Text parsers shared by net_config, the kernel command line and CLI flags. */
 int avm_parse_mac(const char *s, size_t n, uint8_t mac[6]);

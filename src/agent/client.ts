@@ -27,6 +27,7 @@ import {
   type ShutdownAction,
   type TerminalSize,
 } from '../protocol/agent-messages.js';
+import { decodeHandoffResult } from '../protocol/handoff.js';
 import { InboundStream, OutboundCredit } from './credit.js';
 import {
   AgentClosedError,
@@ -547,6 +548,20 @@ export class AgentClient {
   /** Applies a new network identity in the guest; resolves once it is applied. */
   async netConfig(config: NetConfig, opts: CallOptions = {}): Promise<void> {
     await this.#conn.unary('net_config', (stream) => ({ type: 'net_config', stream, config }), noop, opts);
+  }
+
+  /**
+   * Sends a restored machine its new identity (src/protocol/handoff.ts).
+   * Resolves when the agent has applied it — which says nothing about the
+   * network: the caller waits for the ack datagram for that.
+   */
+  handoff(payload: Buffer, opts: CallOptions = {}): Promise<{ applyUs: number }> {
+    return this.#conn.unary(
+      'handoff',
+      (stream) => ({ type: 'handoff', stream, payload }),
+      decodeHandoffResult,
+      opts,
+    );
   }
 }
 

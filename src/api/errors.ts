@@ -3,6 +3,7 @@
  * that failed below the API keeps its cause's code (ERR_AGENT_REMOTE,
  * ERR_VM_EXITED, ERR_NET_FORWARD, …); these are the API's own.
  */
+import { VmErrorCode } from '../actors/vm/backends/errors.js';
 import { ActorvmError } from '../errors.js';
 
 export const SandboxErrorCode = {
@@ -24,6 +25,20 @@ export const SandboxErrorCode = {
   NOT_FOUND: 'ERR_NO_SUCH_SANDBOX',
   /** Runtime.start's options failed their schema. */
   BAD_RUNTIME_OPTIONS: 'ERR_RUNTIME_BAD_OPTIONS',
+  /** The call needs a running sandbox and this one is paused (`resume()` first); the VM's code. */
+  PAUSED: VmErrorCode.PAUSED,
+
+  // Snapshots and forks.
+  /** No snapshot with that id under this home. */
+  SNAPSHOT_NOT_FOUND: 'ERR_SNAPSHOT_NOT_FOUND',
+  /** A running sandbox's filesystem is that snapshot's layer: kill it first. */
+  SNAPSHOT_IN_USE: 'ERR_SNAPSHOT_IN_USE',
+  /** The snapshot's image was rebuilt or removed since: its machine cannot be restored on it. */
+  SNAPSHOT_IMAGE_CHANGED: 'ERR_SNAPSHOT_IMAGE_CHANGED',
+  /** Create options that a snapshot fixes (image, backend, memory, cpus) differ from the snapshot's. */
+  SNAPSHOT_MISMATCH: 'ERR_SNAPSHOT_MISMATCH',
+  /** One child of a fork could not be made (the cause's code is in `details.cause`); its siblings are unaffected. */
+  FORK_CHILD_FAILED: 'ERR_FORK_CHILD_FAILED',
 } as const;
 
 export class SandboxError extends ActorvmError {}

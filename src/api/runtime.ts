@@ -36,10 +36,21 @@ import { SandboxError, SandboxErrorCode } from './errors.js';
 import { Lifetime } from './lifetime.js';
 import { ProcessTable } from './process-table.js';
 import { type ConnectOptions, connectRuntime, type RemoteRuntime } from './remote/index.js';
-import { Sandbox, type SandboxHost } from './sandbox.js';
+import { type ForkOptions, type ForkResult, Sandbox, type SandboxHost } from './sandbox.js';
 import type { SandboxRecord } from './sandbox-record.js';
-import { check, checkOptions, LifetimeMs, RuntimeOptionsSchema, SandboxOptionsSchema } from './schemas.js';
+import {
+  check,
+  checkOptions,
+  ForkOptionsSchema,
+  LifetimeMs,
+  RuntimeOptionsSchema,
+  SandboxOptionsSchema,
+  SnapshotId,
+  SnapshotOptionsSchema,
+} from './schemas.js';
 import SinkKind, { SinkRegistry } from './sink.js';
+import { type ForkEvent, forkChannel, type RestorePlan, SnapshotService } from './snapshot-service.js';
+import type { SnapshotInfo } from './snapshots.js';
 
 export type BackendChoice = 'qemu' | 'namespace' | 'auto';
 
@@ -80,6 +91,8 @@ export interface SandboxOptions {
   bootTimeoutMs?: number;
   /** Kill the sandbox this long after it is ready; change with `rt.setTimeout`. Default: no limit. */
   timeoutMs?: number;
+  /** What the deadline does: 'kill' (default) or 'pause' (E2B's auto-pause; `resume()` continues it). */
+  onTimeout?: 'kill' | 'pause';
   /** Labels (E2B metadata), listed and filtered by `rt.sandboxes({ metadata })`. */
   metadata?: Record<string, string>;
   /**
@@ -88,6 +101,13 @@ export interface SandboxOptions {
    * 'always': claim, starting a pool for the key if none runs.
    */
   pool?: 'auto' | 'never' | 'always';
+  /**
+   * Restore this snapshot (`sbx.snapshot()`, `rt.snapshots()`): a memory
+   * snapshot resumes where its machine stood, a filesystem one boots on its
+   * files. Image, backend, memory and cpus come from it (ERR_SNAPSHOT_MISMATCH
+   * if given otherwise); env defaults to the snapshot's source sandbox's.
+   */
+  snapshot?: string;
 }
 
 export type { SandboxRecord } from './sandbox-record.js';
@@ -109,6 +129,8 @@ export class Runtime implements SandboxHost {
   readonly factory: SandboxFactory;
   /** The warm pools. */
   readonly pools: PoolService;
+  /** Snapshots on disk, restores and forks. */
+  private readonly branching: SnapshotService;
 
   private constructor(
     readonly registry: SinkRegistry,
@@ -142,6 +164,7 @@ export class Runtime implements SandboxHost {
       system.log,
       poolLimits,
     );
+    this.branching = new SnapshotService(home, system.log);
   }
 
   /**
@@ -212,6 +235,7 @@ export class Runtime implements SandboxHost {
     const started = performance.now();
     opts = checkOptions(SandboxOptionsSchema, opts);
     if (this.stopping) throw new SandboxError(SandboxErrorCode.STOPPED, 'the runtime is stopping');
+    if (opts.snapshot !== undefined) return this.restore(opts, started);
     const { forwards = [], ...netOptions } = opts.network ?? {};
     const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
     const backend = await this.chooseBackend(opts.backend ?? this.defaultBackend);
@@ -232,6 +256,23 @@ export class Runtime implements SandboxHost {
       } else pool = undefined;
     }
     machine ??= await this.bootCold(opts, backend, config);
+    await this.addForwards(machine, forwards);
+    const ms = performance.now() - started;
+    return this.register(machine, {
+      metadata: opts.metadata,
+      env: opts.env,
+      timeoutMs: opts.timeoutMs,
+      onTimeout: opts.onTimeout,
+      claim: pool ? { pool: pool.name, hit, ms: Math.round(ms * 1000) / 1000 } : undefined,
+      ms,
+    });
+  }
+
+  /** Forwards of a new sandbox; on failure the machine goes and the error is the create's. */
+  private async addForwards(
+    machine: BootedMachine,
+    forwards: NonNullable<SandboxOptions['network']>['forwards'] = [],
+  ): Promise<void> {
     try {
       for (const f of forwards) {
         const rule = typeof f === 'number' ? { guestPort: f } : f;
@@ -241,42 +282,135 @@ export class Runtime implements SandboxHost {
       await this.unmake(machine);
       throw err;
     }
+  }
+
+  /** A booted machine becomes a tenant's Sandbox: its record, its lifetime, its entry. */
+  private register(
+    machine: BootedMachine,
+    o: {
+      metadata?: Record<string, string>;
+      env?: Record<string, string>;
+      timeoutMs?: number;
+      onTimeout?: 'kill' | 'pause';
+      claim?: SandboxRecord['claim'];
+      forkOf?: number;
+      snapshot?: string;
+      ms: number;
+    },
+  ): Sandbox {
     const id = machine.sandbox;
-    const ms = performance.now() - started;
     const record: SandboxRecord = {
       key: `${id}-${randomBytes(6).toString('hex')}`,
       image: machine.image,
       memoryMiB: machine.memoryMiB,
       cpus: machine.cpus,
-      metadata: Object.freeze({ ...opts.metadata }),
-      env: Object.freeze({ ...opts.env }),
-      lifetime: new Lifetime(new Date(), () => this.expire(id)),
+      metadata: Object.freeze({ ...o.metadata }),
+      env: Object.freeze({ ...o.env }),
+      lifetime: new Lifetime(new Date(), () => this.expire(id, o.onTimeout ?? 'kill')),
       processes: new ProcessTable(this.system.log.child({ sandbox: id })),
       accessToken: randomBytes(20).toString('hex'),
-      claim: pool ? { pool: pool.name, hit, ms: Math.round(ms * 1000) / 1000 } : undefined,
+      claim: o.claim,
+      forkOf: o.forkOf,
+      snapshot: o.snapshot,
     };
     const sandbox = new Sandbox(id, machine.backend, machine.vm, this, machine.info, record);
     sandbox.state = machine.state;
     machine.onState = (state) => {
       sandbox.state = state;
     };
-    record.lifetime.set(opts.timeoutMs);
+    record.lifetime.set(o.timeoutMs);
     this.entries.set(id, { sandbox, record, machine });
-    if (pool) this.pools.bound(machine, ms);
+    if (o.claim) this.pools.bound(machine, o.ms);
     this.system.log.info(
       {
-        event: 'sandbox.ready',
+        event: o.forkOf !== undefined ? 'sandbox.child_ready' : 'sandbox.ready',
         sandbox: id,
         key: record.key,
         backend: machine.backend,
         image: record.image,
-        pool: pool?.name,
-        ms: Math.round(ms * 1000) / 1000,
-        timeoutMs: opts.timeoutMs,
+        pool: o.claim?.pool,
+        forkOf: o.forkOf,
+        snapshot: o.snapshot,
+        restored: machine.info.restored,
+        handoff: machine.info.handoff,
+        ms: Math.round(o.ms * 1000) / 1000,
+        timeoutMs: o.timeoutMs,
       },
       'sandbox ready',
     );
     return sandbox;
+  }
+
+  /** createSandbox({ snapshot }): a machine from a snapshot, never from a pool. */
+  private async restore(opts: SandboxOptions, started: number): Promise<Sandbox> {
+    const id = check(SnapshotId, opts.snapshot, SandboxErrorCode.BAD_OPTIONS, 'snapshot');
+    const plan = this.branching.restorePlan(id);
+    const fixed = {
+      image: plan.image,
+      backend: plan.backend,
+      memoryMiB: plan.memoryMiB,
+      cpus: plan.cpus,
+    } as const;
+    const differ = (Object.keys(fixed) as (keyof typeof fixed)[]).filter(
+      (k) => opts[k] !== undefined && opts[k] !== fixed[k] && !(k === 'backend' && opts[k] === 'auto'),
+    );
+    if (differ.length) {
+      throw new SandboxError(
+        SandboxErrorCode.SNAPSHOT_MISMATCH,
+        `snapshot ${id} fixes ${differ.join(', ')} (${differ.map((k) => `${k}=${fixed[k]}`).join(', ')})`,
+        { snapshot: id, fields: differ },
+      );
+    }
+    const { forwards = [], ...netOptions } = opts.network ?? {};
+    const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
+    const machine = await this.bootPlan(plan, config, opts.hostname, opts.bootTimeoutMs);
+    this.branching.adopt(machine.sandbox, machine.layers);
+    await this.addForwards(machine, forwards);
+    return this.register(machine, {
+      metadata: opts.metadata,
+      env: opts.env ?? plan.info.env,
+      timeoutMs: opts.timeoutMs,
+      onTimeout: opts.onTimeout,
+      snapshot: id,
+      ms: performance.now() - started,
+    });
+  }
+
+  /** Boots (or restores) a machine from a snapshot's plan; errors as a cold boot's. */
+  private async bootPlan(
+    plan: RestorePlan,
+    config: NetConfig,
+    hostname: string | undefined,
+    bootTimeoutMs = 120_000,
+  ): Promise<BootedMachine> {
+    try {
+      return await this.factory.boot({
+        image: plan.image,
+        imageId: plan.imageId,
+        backend: plan.backend,
+        memoryMiB: plan.memoryMiB,
+        cpus: plan.cpus,
+        net: config,
+        hostname,
+        bootTimeoutMs,
+        restore: plan.restore,
+        layers: plan.layers,
+      });
+    } catch (err) {
+      throw this.bootError(err);
+    }
+  }
+
+  private bootError(err: unknown): Error {
+    const e = err as { code?: string; message?: string; details?: Record<string, unknown> };
+    if (e.code?.startsWith('ERR_IMAGE_')) return err as Error;
+    if (e.code === SandboxErrorCode.SNAPSHOT_IMAGE_CHANGED)
+      return new SandboxError(e.code, e.message ?? 'image changed', e.details);
+    return new SandboxError(
+      e.code?.startsWith('ERR_VM_') ? e.code : SandboxErrorCode.BOOT_FAILED,
+      `sandbox did not boot: ${e.message}`,
+      { ...e.details, cause: e.code },
+    );
   }
 
   /** The pool a create claims from, if any: same key, no addressing of its own, not opted out. */
@@ -338,14 +472,139 @@ export class Runtime implements SandboxHost {
         bootTimeoutMs: opts.bootTimeoutMs ?? 120_000,
       });
     } catch (err) {
-      const e = err as { code?: string; message?: string; details?: Record<string, unknown> };
-      if (e.code?.startsWith('ERR_IMAGE_')) throw err;
-      throw new SandboxError(
-        e.code?.startsWith('ERR_VM_') ? e.code : SandboxErrorCode.BOOT_FAILED,
-        `sandbox did not boot: ${e.message}`,
-        { ...e.details, cause: e.code },
-      );
+      throw this.bootError(err);
     }
+  }
+
+  // ---- pause, snapshots, fork ----
+
+  private entry(id: number): Entry {
+    const e = this.entries.get(id);
+    if (!e) throw new SandboxError(SandboxErrorCode.NOT_FOUND, `no sandbox ${id}`, { id });
+    return e;
+  }
+
+  /** Stops the sandbox's guest; its flows are kept and their timers hold. Idempotent. */
+  async pause(id: number): Promise<void> {
+    const e = this.entry(id);
+    await this.net.freeze(id, true);
+    try {
+      await e.machine.vm.ask({ type: 'pause' });
+    } catch (err) {
+      await this.net.freeze(id, false).catch(() => {});
+      throw err;
+    }
+    this.system.log.info({ event: 'sandbox.paused', sandbox: id }, 'sandbox paused');
+  }
+
+  /** Continues a paused sandbox. Idempotent. */
+  async resume(id: number): Promise<void> {
+    const e = this.entry(id);
+    await e.machine.vm.ask({ type: 'resume' });
+    await this.net.freeze(id, false);
+    this.system.log.info({ event: 'sandbox.resumed', sandbox: id }, 'sandbox resumed');
+  }
+
+  /** Writes a snapshot of the sandbox under the home (memory on QEMU, filesystem on namespace). */
+  async snapshot(
+    id: number,
+    opts: { stayPaused?: boolean } = {},
+  ): Promise<SnapshotInfo & { pauseMs: number }> {
+    opts = checkOptions(SnapshotOptionsSchema, opts);
+    const e = this.entry(id);
+    if (opts.stayPaused) await this.net.freeze(id, true);
+    try {
+      return await this.branching.snapshot(
+        e.machine,
+        e.record.key,
+        { ...e.record.env },
+        opts.stayPaused === true,
+      );
+    } catch (err) {
+      if (opts.stayPaused) await this.net.freeze(id, false).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Snapshots under this home, oldest first. */
+  snapshots(): SnapshotInfo[] {
+    return this.branching.store.list();
+  }
+
+  /** Removes a snapshot. Throws ERR_SNAPSHOT_NOT_FOUND, ERR_SNAPSHOT_IN_USE. */
+  removeSnapshot(id: string): void {
+    this.branching.remove(check(SnapshotId, id, SandboxErrorCode.BAD_OPTIONS, 'snapshot'));
+  }
+
+  /**
+   * Forks a sandbox into `count` children, each with its own id, MAC,
+   * hostname and empty flow table (snapshot-service.ts). Resolves with one
+   * result per child — a Sandbox, or the typed error that child met — once
+   * every child is ready or failed; the parent runs on throughout, but for
+   * its fork point.
+   */
+  async fork(id: number, opts: ForkOptions): Promise<ForkResult[]> {
+    opts = checkOptions(ForkOptionsSchema, opts);
+    const parent = this.entry(id);
+    if (this.stopping) throw new SandboxError(SandboxErrorCode.STOPPED, 'the runtime is stopping');
+    const started = performance.now();
+    this.system.log.info(
+      { event: 'sandbox.fork_started', sandbox: id, count: opts.count, backend: parent.machine.backend },
+      'fork started',
+    );
+    const plan = await this.branching.fork(parent.machine, opts);
+    const children = Array.from({ length: opts.count }, async (_, i): Promise<ForkResult> => {
+      try {
+        const m = await this.bootPlan(plan.child, parent.machine.net, undefined);
+        this.branching.adopt(m.sandbox, m.layers);
+        const sandbox = this.register(m, {
+          metadata: parent.record.metadata,
+          env: parent.record.env,
+          timeoutMs: opts.timeoutMs,
+          forkOf: id,
+          ms: performance.now() - started,
+        });
+        return { ok: true, sandbox };
+      } catch (err) {
+        const e = err as { code?: string; message?: string };
+        this.system.log.warn(
+          { event: 'sandbox.fork_child_failed', sandbox: id, child: i, code: e.code, err: e.message },
+          'fork child failed',
+        );
+        return {
+          ok: false,
+          error: new SandboxError(SandboxErrorCode.FORK_CHILD_FAILED, `fork child ${i}: ${e.message}`, {
+            cause: e.code,
+            child: i,
+          }),
+        };
+      }
+    });
+    const results = await Promise.all(children);
+    plan.settled();
+    if (forkChannel.hasSubscribers) {
+      forkChannel.publish({
+        sandbox: id,
+        backend: parent.machine.backend,
+        count: opts.count,
+        ready: results.filter((r) => r.ok).length,
+        failed: results.filter((r) => !r.ok).length,
+        parentPauseMs: plan.parentPauseMs,
+        ms: performance.now() - started,
+      } satisfies ForkEvent);
+    }
+    this.system.log.info(
+      {
+        event: 'sandbox.fork_done',
+        sandbox: id,
+        ready: results.filter((r) => r.ok).length,
+        failed: results.filter((r) => !r.ok).length,
+        parentPauseMs: Math.round(plan.parentPauseMs * 10) / 10,
+        ms: Math.round(performance.now() - started),
+      },
+      'fork done',
+    );
+    return results;
   }
 
   /** Live sandboxes, optionally those whose metadata has every given key and value. */
@@ -385,8 +644,13 @@ export class Runtime implements SandboxHost {
     return e.record.lifetime.endAt;
   }
 
-  private expire(id: number): void {
-    this.system.log.info({ event: 'sandbox.expired', sandbox: id }, 'sandbox reached its deadline');
+  private expire(id: number, action: 'kill' | 'pause'): void {
+    this.system.log.info({ event: 'sandbox.expired', sandbox: id, action }, 'sandbox reached its deadline');
+    if (action === 'pause') {
+      // A sandbox that cannot pause (it failed meanwhile) is killed: a deadline always frees the machine's CPU.
+      void this.pause(id).catch(() => this.kill(id).catch(() => {}));
+      return;
+    }
     void this.kill(id).catch(() => {});
   }
 
@@ -430,8 +694,10 @@ export class Runtime implements SandboxHost {
   }
 
   /** A pooled machine goes back through its pool (which refills); a cold one straight to the factory. */
-  private unmake(m: BootedMachine): Promise<void> {
-    return m.pool ? this.pools.release(m.sandbox) : this.factory.destroy(m.sandbox);
+  private async unmake(m: BootedMachine): Promise<void> {
+    await (m.pool ? this.pools.release(m.sandbox) : this.factory.destroy(m.sandbox));
+    // Its machine is gone: layers only it ran on can go too.
+    this.branching.release(m.sandbox);
   }
 
   private onEscalation(actorId: number): void {

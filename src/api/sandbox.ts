@@ -40,6 +40,7 @@ import {
   WatchOptionsSchema,
 } from './schemas.js';
 import type { OperationHandler, SinkRegistry } from './sink.js';
+import type { SnapshotInfo } from './snapshots.js';
 import { finishExec, InputChannel, OutputStream } from './streams.js';
 
 /** A command: a shell string (run by `/bin/sh -c`), or an argv array (run directly). */
@@ -86,6 +87,20 @@ export interface FileInfo {
   mtimeMs?: number;
 }
 
+export interface ForkOptions {
+  /** Children to make, 1..16. */
+  count: number;
+  /** Kill each child this long after it is ready. Default: no limit. */
+  timeoutMs?: number;
+  /** QEMU: how long a child waits for its handoff ack before the fallback. Default 1000. */
+  ackTimeoutMs?: number;
+  /** Test hook: the children's networks drop their handoff acks, so the fallback wins. */
+  dropHandoffAck?: boolean;
+}
+
+/** One child of a fork: its Sandbox, or the typed error that child met (its siblings are unaffected). */
+export type ForkResult = { ok: true; sandbox: Sandbox } | { ok: false; error: SandboxError };
+
 /** What a Sandbox needs from the runtime that made it. */
 export interface SandboxHost {
   readonly registry: SinkRegistry;
@@ -97,6 +112,10 @@ export interface SandboxHost {
   unexpose(sandbox: number, hostPort: number, proto: 'tcp' | 'udp'): Promise<boolean>;
   kill(sandbox: number): Promise<void>;
   setTimeout(sandbox: number, ms: number | undefined): Date | undefined;
+  pause(sandbox: number): Promise<void>;
+  resume(sandbox: number): Promise<void>;
+  snapshot(sandbox: number, opts: { stayPaused?: boolean }): Promise<SnapshotInfo & { pauseMs: number }>;
+  fork(sandbox: number, opts: ForkOptions): Promise<ForkResult[]>;
 }
 
 export class Sandbox {
@@ -131,6 +150,59 @@ export class Sandbox {
   /** How it was claimed from a warm pool (pool, hit, ms), or undefined when it booted cold. */
   get claim(): SandboxRecord['claim'] {
     return this.record.claim;
+  }
+
+  /** The sandbox this one was forked from (its number), if it is a fork's child. */
+  get forkOf(): number | undefined {
+    return this.record.forkOf;
+  }
+
+  /** Made from a snapshot or a fork: of its memory (processes and all) or of its filesystem only. */
+  get restored(): 'memory' | 'filesystem' | undefined {
+    return this.boot.restored;
+  }
+
+  /** How a memory-restored sandbox took on its own network identity: through its data path (ack) or the fallback. */
+  get handoff(): VmInfo['handoff'] {
+    return this.boot.handoff;
+  }
+
+  /**
+   * Stops the guest (QEMU's vCPUs; a namespace sandbox's processes but its
+   * agent). Its network flows are kept and their timers hold; commands and
+   * file calls fail with ERR_VM_PAUSED until `resume()`.
+   */
+  pause(): Promise<void> {
+    if (this.killed) return Promise.reject(this.stoppedError());
+    return this.host.pause(this.id);
+  }
+
+  resume(): Promise<void> {
+    if (this.killed) return Promise.reject(this.stoppedError());
+    return this.host.resume(this.id);
+  }
+
+  /**
+   * Writes a snapshot under the runtime's home and resolves with its info:
+   * `kind: 'memory'` (QEMU: the running machine, restorable later with
+   * `createSandbox({ snapshot: id })`, also by another runtime) or
+   * `'filesystem'` (namespace: its files; processes cannot be captured on
+   * this kernel). `stayPaused` leaves the sandbox paused after it.
+   */
+  snapshot(opts: { stayPaused?: boolean } = {}): Promise<SnapshotInfo & { pauseMs: number }> {
+    if (this.killed) return Promise.reject(this.stoppedError());
+    return this.host.snapshot(this.id, opts);
+  }
+
+  /**
+   * Forks the sandbox into `count` children: one result per child, a
+   * Sandbox or a typed error. QEMU children continue from this instant,
+   * processes and all, each with its own id, MAC, hostname and network;
+   * namespace children boot on a copy of this sandbox's files.
+   */
+  fork(opts: ForkOptions): Promise<ForkResult[]> {
+    if (this.killed) return Promise.reject(this.stoppedError());
+    return this.host.fork(this.id, opts);
   }
 
   /** When the runtime will kill the sandbox, or undefined when it lives until killed. */

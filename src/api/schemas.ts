@@ -65,6 +65,7 @@ export const LifetimeMs = z
   .int()
   .min(1000)
   .max(30 * 24 * 3600 * 1000);
+export const SnapshotId = z.string().regex(/^snap-[0-9a-f]{16}$/, 'not a snapshot id');
 /** Labels on a sandbox (E2B metadata): at most 64, short keys, bounded values. */
 export const Metadata = z
   .record(z.string().min(1).max(128).refine(noNul, 'must not contain NUL'), z.string().max(1024))
@@ -89,8 +90,33 @@ export const SandboxOptionsSchema = z
     bootTimeoutMs: TimeoutMs,
     /** Kill the sandbox this long after it is ready (extend with setTimeout). */
     timeoutMs: LifetimeMs,
+    onTimeout: z.enum(['kill', 'pause']),
     metadata: Metadata,
     pool: z.enum(['auto', 'never', 'always']),
+    snapshot: SnapshotId,
+  })
+  .partial()
+  .strict();
+
+/** The most children one fork() makes. */
+export const MAX_FORK_CHILDREN = 16;
+
+export const ForkOptionsSchema = z
+  .object({
+    count: z.number().int().min(1).max(MAX_FORK_CHILDREN),
+    /** Kill each child this long after it is ready. Default: no limit. */
+    timeoutMs: LifetimeMs.optional(),
+    /** How long a QEMU child waits for its handoff ack before the fallback (10 ms .. 60 s). */
+    ackTimeoutMs: z.number().int().min(10).max(60_000).optional(),
+    /** Test hook: each child's network drops its handoff ack, so the fallback wins. */
+    dropHandoffAck: z.boolean().optional(),
+  })
+  .strict();
+
+export const SnapshotOptionsSchema = z
+  .object({
+    /** Leave the sandbox paused once the snapshot is written (pause to disk). Default false. */
+    stayPaused: z.boolean(),
   })
   .partial()
   .strict();

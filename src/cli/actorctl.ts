@@ -2,10 +2,10 @@
  * actorctl: the command line of actorvm. Most commands talk to a running
  * daemon (`actorctl serve`) over its HTTP API: on the control socket
  * (--socket, default $ACTORVM_HOME/run/actorvm.sock) or, with --url, on TCP
- * (the API key from ACTORVM_API_KEY): inspection, `vm …`, `pool …`. `run`
- * and `demo` start a runtime of their own; `image` works on the local image
- * store. Every command accepts --json: one JSON document on stdout, errors
- * as {"error":{code,message}} on stderr.
+ * (the API key from ACTORVM_API_KEY): inspection, `vm …`, `snapshot …`,
+ * `pool …`. `run` and `demo` start a runtime of their own; `image` works on
+ * the local image store. Every command accepts --json: one JSON document on
+ * stdout, errors as {"error":{code,message}} on stderr.
  */
 import { Command, CommanderError } from 'commander';
 import { registerDemoCommand } from './commands/demo.js';
@@ -13,6 +13,7 @@ import { registerImageCommands } from './commands/image.js';
 import { registerNetCommands } from './commands/net.js';
 import { registerPoolCommands } from './commands/pool.js';
 import { registerSandboxCommands } from './commands/sandbox.js';
+import { registerSnapshotCommands } from './commands/snapshot.js';
 import { registerSystemCommands } from './commands/system.js';
 
 export function buildProgram(): Command {
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerSystemCommands(program);
   registerNetCommands(program);
   registerSandboxCommands(program);
+  registerSnapshotCommands(program);
   registerPoolCommands(program);
   registerImageCommands(program);
   registerDemoCommand(program);

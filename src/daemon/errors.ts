@@ -13,6 +13,7 @@
  */
 import { Code, ConnectError } from '@connectrpc/connect';
 import { PoolErrorCode } from '../actors/pool/errors.js';
+import { SandboxErrorCode } from '../api/errors.js';
 import { ActorvmError } from '../errors.js';
 
 export const DaemonErrorCode = {
@@ -24,8 +25,14 @@ export const DaemonErrorCode = {
   NO_ROUTE: 'ERR_DAEMON_NO_ROUTE',
   /** The body is larger than the route accepts. */
   TOO_LARGE: 'ERR_DAEMON_BODY_TOO_LARGE',
-  /** A feature the API names but actorvm does not (yet) offer: pause, resume, snapshots, fork. */
+  /**
+   * A feature the API names but actorvm does not (yet) offer. Nothing answers
+   * it at present (pause, resume, snapshots and fork are implemented); kept
+   * for the next route that is named before it exists.
+   */
   NOT_IMPLEMENTED: 'ERR_DAEMON_NOT_IMPLEMENTED',
+  /** E2B's (deprecated) resume of a sandbox that is not paused: E2B answers 409 "already running". */
+  NOT_PAUSED: 'ERR_DAEMON_NOT_PAUSED',
   /** An in-sandbox call without the E2b-Sandbox-Id header. */
   NO_SANDBOX_HEADER: 'ERR_DAEMON_NO_SANDBOX_HEADER',
   /**
@@ -53,6 +60,7 @@ const STATUS: Record<string, number> = {
   [DaemonErrorCode.NO_ROUTE]: 404,
   [DaemonErrorCode.TOO_LARGE]: 413,
   [DaemonErrorCode.NOT_IMPLEMENTED]: 409,
+  [DaemonErrorCode.NOT_PAUSED]: 409,
   [DaemonErrorCode.NO_SANDBOX_HEADER]: 400,
   [DaemonErrorCode.SANDBOX_GONE]: 502,
   ERR_NO_SUCH_SANDBOX: 404,
@@ -67,6 +75,8 @@ const STATUS: Record<string, number> = {
   [PoolErrorCode.EXISTS]: 409,
   [PoolErrorCode.BAD_CONFIG]: 400,
   [PoolErrorCode.TOO_MANY]: 409,
+  // The sandbox exists but is not in a state for the call (still booting, failed, or paused).
+  ERR_VM_NOT_READY: 409,
   ERR_PROCESS_NOT_FOUND: 404,
   ERR_PROCESS_TOO_MANY: 429,
   ERR_SANDBOX_STOPPED: 410,
@@ -77,6 +87,13 @@ const STATUS: Record<string, number> = {
   ERR_AGENT_NOT_REGULAR_FILE: 400,
   ERR_AGENT_NOT_DIRECTORY: 400,
   ERR_AGENT_WATCH_LIMIT: 429,
+  // Pause, snapshots, forks. E2B's SDK reads a 409 on pause as "already paused" (pause() is false).
+  [SandboxErrorCode.PAUSED]: 409,
+  [SandboxErrorCode.SNAPSHOT_NOT_FOUND]: 404,
+  [SandboxErrorCode.SNAPSHOT_IN_USE]: 409,
+  [SandboxErrorCode.SNAPSHOT_MISMATCH]: 400,
+  [SandboxErrorCode.SNAPSHOT_IMAGE_CHANGED]: 409,
+  // ERR_FORK_CHILD_FAILED is never a request's answer, only an entry of a fork's (see forkEntryStatus).
 };
 
 /** Codes that are the caller's fault whatever their area (`ERR_*_BAD_*`, schema failures). */
@@ -91,6 +108,15 @@ export interface HttpErrorBody {
 
 export function httpStatusFor(code: string): number {
   return STATUS[code] ?? (isBadInput(code) ? 400 : 500);
+}
+
+/**
+ * The status a failed fork child's entry carries (E2B's per-fork `error.code`):
+ * that of the cause the child met (`details.cause`), else 500.
+ */
+export function forkEntryStatus(err: { code?: string; details?: Record<string, unknown> }): number {
+  const cause = err.details?.cause;
+  return typeof cause === 'string' && cause.startsWith('ERR_') ? httpStatusFor(cause) : 500;
 }
 
 /** HTTP status for a guest system call's failure (ERR_AGENT_REMOTE carries the errno name). */

@@ -29,6 +29,16 @@ export const SandboxSummarySchema = z.object({
   processes: z.number().int(),
   /** Claimed from a warm pool: which, whether a machine was idle, the create's ms. */
   claim: z.object({ pool: z.string(), hit: z.boolean(), ms: z.number() }).optional(),
+  /** A fork's child: the number of the sandbox it was forked from. */
+  forkOf: z.number().int().optional(),
+  /** Made from a snapshot or a fork: of its memory (processes and all) or of its files only. */
+  restored: z.enum(['memory', 'filesystem']).optional(),
+  /** A memory-restored one: how it took on its own network identity, and how long that took. */
+  handoff: z
+    .object({ via: z.enum(['ack', 'fallback']), ms: z.number(), applyUs: z.number().optional() })
+    .optional(),
+  /** Restored from this snapshot (`snap-…`). */
+  snapshot: z.string().optional(),
 });
 export type SandboxSummary = z.infer<typeof SandboxSummarySchema>;
 
@@ -72,6 +82,10 @@ export function summarize({ sandbox, record }: Found): SandboxSummary {
     bootMs: sandbox.boot.bootMs,
     processes: record.processes.list().length,
     claim: record.claim,
+    forkOf: sandbox.forkOf,
+    restored: sandbox.restored,
+    handoff: sandbox.handoff,
+    snapshot: record.snapshot,
   };
 }
 

@@ -35,6 +35,7 @@ export const FrameType = {
   REMOVE: 0x19,
   RENAME: 0x1a,
   WATCH: 0x1b,
+  HANDOFF: 0x1c,
   DATA: 0x20,
   WINDOW: 0x21,
   SIGNAL: 0x22,

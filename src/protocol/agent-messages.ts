@@ -195,6 +195,8 @@ export type HostMessage =
   | { type: 'ping'; stream: number; payload?: Uint8Array }
   | { type: 'shutdown'; stream: number; action?: ShutdownAction }
   | { type: 'net_config'; stream: number; config: NetConfig }
+  /** `payload`: encoded by src/protocol/handoff.ts. */
+  | { type: 'handoff'; stream: number; payload: Buffer }
   | { type: 'data'; stream: number; data: Uint8Array; end?: boolean }
   | { type: 'window'; stream: number; channel: number; increment: number }
   | { type: 'signal'; stream: number; signal: number }
@@ -337,6 +339,8 @@ export function encodeHostMessage(m: HostMessage): Buffer[] {
       );
     case 'net_config':
       return frame(FrameType.NET_CONFIG, m.stream, encodeNetConfig(m.config));
+    case 'handoff':
+      return frame(FrameType.HANDOFF, m.stream, m.payload);
     case 'data':
       return frame(FrameType.DATA, m.stream, m.data, m.end ? FLAG_END : 0, Channel.IN);
     case 'window':

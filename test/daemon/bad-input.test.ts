@@ -72,7 +72,13 @@ describe('bad requests get typed answers', () => {
       ['DELETE', '/sandboxes/9-deadbeef0000'],
       ['POST', '/sandboxes/9-deadbeef0000/timeout'],
       ['GET', '/sandboxes/9-deadbeef0000/metrics'],
+      ['POST', '/sandboxes/9-deadbeef0000/pause'],
+      ['POST', '/sandboxes/9-deadbeef0000/resume'],
+      ['POST', '/sandboxes/9-deadbeef0000/fork'],
+      ['POST', '/sandboxes/9-deadbeef0000/snapshots'],
       ['GET', '/v1/sandboxes/77'],
+      ['POST', '/v1/sandboxes/77/pause'],
+      ['POST', '/v1/sandboxes/77/resume'],
     ] as const) {
       const res = await call(method, path, method === 'POST' ? { timeout: 10 } : undefined);
       expect(res.status, `${method} ${path}`).toBe(404);
@@ -104,12 +110,42 @@ describe('bad requests get typed answers', () => {
     expect(await res.json()).toMatchObject({ code: 413, error: 'ERR_DAEMON_BODY_TOO_LARGE' });
   });
 
-  it('pause, resume and fork are a clean 409', async () => {
-    for (const what of ['pause', 'resume', 'fork', 'snapshots']) {
-      const res = await call('POST', `/sandboxes/${key}/${what}`, {});
-      expect(res.status).toBe(409);
-      expect(await res.json()).toMatchObject({ code: 409, error: 'ERR_DAEMON_NOT_IMPLEMENTED' });
+  it('pause, resume, fork and snapshots answer typed errors for bad requests, never a 500', async () => {
+    const bad: [string, unknown][] = [
+      ['pause', { memory: 'yes' }],
+      ['resume', { timeout: -1 }],
+      ['fork', { count: 0 }],
+      ['fork', { count: 17 }],
+      ['fork', { count: 'two' }],
+      ['snapshots', { name: 42 }],
+    ];
+    for (const [what, body] of bad) {
+      const res = await call('POST', `/sandboxes/${key}/${what}`, body);
+      expect(res.status, `${what} ${JSON.stringify(body)}`).toBe(400);
+      expect(await res.json()).toMatchObject({ code: 400, error: 'ERR_DAEMON_BAD_REQUEST' });
     }
+    // Native: the QEMU test hooks are not on the HTTP API, and a count is bounded.
+    for (const body of [{ count: 1, dropHandoffAck: true }, { count: 1, ackTimeoutMs: 50 }, { count: 99 }]) {
+      const res = await call('POST', `/v1/sandboxes/${key}/fork`, body);
+      expect(res.status, JSON.stringify(body)).toBe(400);
+    }
+    expect((await call('POST', `/v1/sandboxes/${key}/snapshot`, { stayPaused: 'no' })).status).toBe(400);
+    // Resuming a running sandbox: E2B's 409.
+    const resume = await call('POST', `/sandboxes/${key}/resume`, {});
+    expect(resume.status).toBe(409);
+    expect(await resume.json()).toMatchObject({ code: 409, error: 'ERR_DAEMON_NOT_PAUSED' });
+    // No snapshot of that id: 404 (a malformed one is a bad request to the native route).
+    const gone = await call('DELETE', '/v1/snapshots/snap-0123456789abcdef');
+    expect(gone.status).toBe(404);
+    expect(await gone.json()).toMatchObject({ code: 404, error: 'ERR_SNAPSHOT_NOT_FOUND' });
+    expect((await call('DELETE', '/v1/snapshots/nope')).status).toBe(400);
+    expect((await call('DELETE', '/templates/snap-0123456789abcdef')).status).toBe(404);
+    const restore = await call('POST', '/v2/sandboxes', { templateID: 'snap-0123456789abcdef' });
+    expect(restore.status).toBe(404);
+    expect(await restore.json()).toMatchObject({ error: 'ERR_SNAPSHOT_NOT_FOUND' });
+    // And the sandbox kept running throughout.
+    const info = await call('GET', `/sandboxes/${key}`);
+    expect(await info.json()).toMatchObject({ state: 'running' });
   });
 
   it('in-sandbox calls without the sandbox header are 400; for a gone sandbox 502', async () => {

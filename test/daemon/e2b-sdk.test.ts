@@ -1,7 +1,7 @@
 /**
  * The official `e2b` SDK, unmodified, against a daemon this file starts: the
  * control plane (create, list with a metadata filter, getInfo, setTimeout,
- * connect, kill, isRunning, missing sandboxes) and the in-sandbox API
+ * connect, pause, kill, isRunning, missing sandboxes) and the in-sandbox API
  * (commands incl. background, reattach from a second client, stdin, kill,
  * list; files incl. 10 MiB binaries and watchDir; PTY), plus Sandbox.connect
  * from another process.
@@ -98,14 +98,17 @@ describe('control plane', () => {
     await expect(Sandbox.getInfo('999-0123456789ab')).rejects.toBeInstanceOf(NotFoundError);
   });
 
-  it('pause answers a clean error, never a 500', async () => {
-    const res = await fetch(`${d.url}/sandboxes/${sbx.sandboxId}/pause`, {
-      method: 'POST',
-      headers: { 'x-api-key': d.apiKey, 'content-type': 'application/json' },
-      body: '{}',
-    });
-    expect(res.status).toBe(409);
-    expect(await res.json()).toMatchObject({ code: 409, error: 'ERR_DAEMON_NOT_IMPLEMENTED' });
+  it('pause and connect: paused, then running again (the rest: e2b-pause-fork.test.ts)', async () => {
+    const p = await Sandbox.create('base');
+    try {
+      expect(await p.pause()).toBe(true);
+      expect((await p.getInfo()).state).toBe('paused');
+      await p.connect();
+      expect((await p.getInfo()).state).toBe('running');
+      expect((await p.commands.run('echo resumed')).stdout).toBe('resumed\n');
+    } finally {
+      await p.kill();
+    }
   });
 
   it('reports metrics', async () => {

@@ -32,6 +32,7 @@ interface Snapshot {
 /** Caches that tests keep on purpose between runs. */
 const KEPT_TEMP = new Set(['actorvm-test-images']);
 const ID_LOCKS = '/run/actorvm/idmap';
+const SHM = '/dev/shm';
 
 function readProcs(): Map<number, Proc> {
   const out = new Map<number, Proc>();
@@ -68,7 +69,7 @@ function snapshot(): Snapshot {
     mounts: mounts(),
     netns: new Set(list('/run/netns')),
     idLocks: new Set(list(ID_LOCKS)),
-    temp: new Set(list(tmpdir())),
+    temp: new Set([...list(tmpdir()), ...list(SHM).map((t) => `shm:${t}`)]),
   };
 }
 
@@ -102,6 +103,10 @@ export default function setup(): () => void {
     for (const m of mounts()) if (!before.mounts.has(m)) problems.push(`mount ${m}`);
     for (const n of list('/run/netns')) if (!before.netns.has(n)) problems.push(`network namespace ${n}`);
     for (const l of list(ID_LOCKS)) if (!before.idLocks.has(l)) problems.push(`sandbox id range lock ${l}`);
+    // A fork's frozen RAM copy lives in /dev/shm while its children start.
+    for (const t of list(SHM)) {
+      if (t.startsWith('actorvm') && !before.temp.has(`shm:${t}`)) problems.push(`shared memory ${SHM}/${t}`);
+    }
     for (const t of list(tmpdir())) {
       // Ours are named actorvm-…; others (vitest's own, an unrelated shell's) come and go.
       if (t.startsWith('actorvm') && !before.temp.has(t) && !KEPT_TEMP.has(t))

@@ -64,6 +64,12 @@ static void decode_payload(const struct avm_frame *f)
 			sink += strlen(ns.ifname) + strlen(ns.hostname) + (size_t)ns.ndns;
 		break;
 	}
+	case T_HANDOFF: {
+		struct handoff_req h;
+		if (avm_decode_handoff(f->payload, f->len, &h, &why) == 0)
+			sink += strlen(h.net.hostname) + h.nonce[0] + h.seed[0] + (size_t)h.clock_ns + h.ack_port;
+		break;
+	}
 	case T_SHUTDOWN: {
 		uint8_t action;
 		if (avm_decode_shutdown(f->payload, f->len, &action, &why) == 0)

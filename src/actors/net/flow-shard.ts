@@ -105,6 +105,8 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
   readonly log;
   readonly debug: boolean;
   private readonly sandboxes = new Map<number, SandboxNet>();
+  /** When each frozen sandbox was frozen. */
+  private readonly frozenAt = new Map<number, number>();
   private readonly table = new FlowTable<Flow>();
   private readonly dns: DnsProxy;
   private readonly icmp: IcmpProxy;
@@ -176,6 +178,10 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
         reply('{}');
         return;
       }
+      case 'freeze':
+        this.freeze(msg.sandbox, msg.frozen);
+        reply('{}');
+        return;
       case 'forward':
         return this.addForward(msg, reply);
       case 'unforward':
@@ -539,7 +545,23 @@ class FlowShard implements Actor<ShardMessage, string>, TcpEnv, UdpEnv {
     this.dns.forget(sb);
     this.icmp.forget(sb);
     this.sandboxes.delete(sandbox);
+    this.frozenAt.delete(sandbox);
     this.log.info({ event: 'net.sandbox_detached', sandbox }, 'sandbox detached');
+  }
+
+  /** Holds (or releases) the timers of a paused sandbox's flows; thawing credits them the paused time. */
+  private freeze(sandbox: number, frozen: boolean): void {
+    const sb = this.sandboxes.get(sandbox);
+    if (!sb || sb.frozen === frozen) return;
+    sb.frozen = frozen;
+    const now = Date.now();
+    if (frozen) this.frozenAt.set(sandbox, now);
+    else {
+      const pausedMs = now - (this.frozenAt.get(sandbox) ?? now);
+      this.frozenAt.delete(sandbox);
+      for (const f of this.table.values()) if (f.sb === sb) f.thawed(pausedMs);
+    }
+    this.log.info({ event: frozen ? 'net.sandbox_frozen' : 'net.sandbox_thawed', sandbox }, 'flows frozen');
   }
 
   private flowInfos(sandbox: number): unknown[] {

@@ -16,6 +16,7 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import { HANDOFF_ACK_PORT, isHandoffAck } from '../../protocol/handoff.js';
 import { macToString, parseMac } from '../../protocol/net/addr.js';
 import { ARP_REQUEST, type ArpView, buildArpReply, parseArp } from '../../protocol/net/arp.js';
 import { DHCP_SERVER_PORT } from '../../protocol/net/dhcp.js';
@@ -84,6 +85,10 @@ export class GuestNetwork {
 
   /** The guest's MAC is fixed when given (a VM's NIC): frames from any other source MAC are dropped. */
   private readonly fixedMac: boolean;
+  /** A restored machine's handoff, waiting for its ack datagram. */
+  private handoffWait: { nonce: Uint8Array; resolve: (ms: number) => void; since: number } | undefined;
+  /** Test hook: handoff acks are dropped as they arrive (to exercise the fallback). */
+  dropHandoffAcks = false;
 
   constructor(
     readonly sandbox: number,
@@ -167,6 +172,24 @@ export class GuestNetwork {
       this.stream = undefined;
       this.out.reset();
     });
+  }
+
+  /**
+   * Resolves (with the ms it took) when the guest's handoff ack for `nonce`
+   * arrives: a UDP datagram to the gateway's ack port from the guest's MAC
+   * (checked like every frame) and address, carrying the nonce
+   * (src/protocol/handoff.ts). One handoff at a time; `cancel` stops waiting.
+   */
+  awaitHandoffAck(nonce: Uint8Array): { acked: Promise<number>; cancel(): void } {
+    let cancel = (): void => {};
+    const acked = new Promise<number>((resolve) => {
+      const wait = { nonce, resolve, since: performance.now() };
+      this.handoffWait = wait;
+      cancel = () => {
+        if (this.handoffWait === wait) this.handoffWait = undefined;
+      };
+    });
+    return { acked, cancel };
   }
 
   get attached(): boolean {
@@ -264,6 +287,10 @@ export class GuestNetwork {
     }
     if (ip.proto === IPPROTO_UDP && ip.payloadLen >= 8) {
       const dport = (buf[t + 2] << 8) | buf[t + 3];
+      if (ip.dst === cfg.gatewayIp && dport === HANDOFF_ACK_PORT) {
+        this.onHandoffAck(buf, t + 8, ip.payloadLen - 8);
+        return;
+      }
       if (ip.dst === cfg.dnsIp && dport === 53) {
         // All queries for a name go to one shard, so its cache answers them.
         const q = parseDnsQuestion(buf, t + 8, ip.payloadLen - 8);
@@ -302,6 +329,21 @@ export class GuestNetwork {
       return;
     }
     this.drop('protocol');
+  }
+
+  /** Datagrams to the ack port end here, awaited or not: they never reach a host socket. */
+  private onHandoffAck(buf: Uint8Array, off: number, len: number): void {
+    const w = this.handoffWait;
+    if (!w || !isHandoffAck(buf, off, len, w.nonce)) {
+      this.drop('handoff_ack_unexpected');
+      return;
+    }
+    if (this.dropHandoffAcks) {
+      this.drop('handoff_ack_test_drop');
+      return;
+    }
+    this.handoffWait = undefined;
+    w.resolve(performance.now() - w.since);
   }
 
   private toShard(hash: number, buf: Uint8Array, off: number, len: number): void {

@@ -9,7 +9,18 @@
  * once on its way into the ring. Everything else is control plane; its
  * structured parts travel as JSON strings.
  */
-import { bytes, type Codec, type Reader, str, struct, u8, u16, u32, union } from '../../protocol/codec.js';
+import {
+  bool,
+  bytes,
+  type Codec,
+  type Reader,
+  str,
+  struct,
+  u8,
+  u16,
+  u32,
+  union,
+} from '../../protocol/codec.js';
 
 /** Writes one frame of `length` bytes at `buf[off]` when asked. Reused per frame, never retained. */
 export interface FrameBuilder {
@@ -55,6 +66,13 @@ export const ShardMessages = union({
    * sandbox being claimed has none). Replies '{}'.
    */
   rebind: struct({ sandbox: u32, config: str }),
+  /**
+   * The sandbox's guest is paused (`frozen`) or runs again: while frozen its
+   * flows' protocol timers (idle, RTO/persist) do not expire and nothing is
+   * retransmitted into a guest that cannot answer; on thaw the paused time is
+   * not counted as idle. Replies '{}'.
+   */
+  freeze: struct({ sandbox: u32, frozen: bool }),
   /** One IPv4 packet from the guest (no Ethernet header). */
   packet: struct({ sandbox: u32, packet: bytes }),
   /** Adds an inbound port forward; replies JSON {proto, hostIp, hostPort, guestPort}. */

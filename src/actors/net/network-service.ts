@@ -99,6 +99,12 @@ export class NetworkService extends EventEmitter {
     await Promise.all(this.shards.map((s) => s.ask({ type: 'rebind', sandbox, config: entry.config })));
   }
 
+  /** Holds (frozen) or releases the protocol timers of a paused sandbox's flows, on every shard. */
+  async freeze(sandbox: number, frozen: boolean): Promise<void> {
+    if (!this.attached.has(sandbox)) return;
+    await Promise.all(this.shards.map((s) => s.ask({ type: 'freeze', sandbox, frozen })));
+  }
+
   /** Closes every flow and forward of a sandbox and forgets it. */
   async detach(sandbox: number): Promise<void> {
     this.attached.delete(sandbox);

@@ -30,6 +30,8 @@ export class SandboxNet {
   readonly maxFlows: number;
   readonly limiter: RateLimiter;
   blocked = false;
+  /** The guest is paused (see the shard's `freeze`): protocol timers hold. */
+  frozen = false;
   /** Where the DNS proxy forwards this sandbox's queries (its own upstream, else the host's resolver). */
   readonly dnsUpstream: { ip: number; port: number } | undefined;
   private readonly waiting = new Set<GuestPathWaiter>();

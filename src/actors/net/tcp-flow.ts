@@ -632,9 +632,20 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
     this.rtoTimer = undefined;
   }
 
+  /** A paused guest ran again after `pausedMs`: neither idleness nor lack of progress. */
+  thawed(pausedMs: number): void {
+    this.lastActivity += pausedMs;
+    if (this.lastProgress) this.lastProgress += pausedMs;
+  }
+
   private onRto(): void {
     this.rtoTimer = undefined;
     if (this.state === 'closed') return;
+    if (this.sb.frozen) {
+      // A paused guest cannot answer: no retransmit, no backoff, no SYN retry spent; look again later.
+      this.rtoTimer = setTimeout(() => this.onRto(), this.rto);
+      return;
+    }
     if (this.state === 'syn_sent') {
       if (++this.synTries > SYN_RETRIES) {
         this.env.counters.refuse('guest_no_answer');
@@ -685,7 +696,9 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
     const idle = this.sb.config.tcpIdleTimeoutMs;
     const check = (): void => {
       const quiet = Date.now() - this.lastActivity;
-      if (quiet < idle) this.idleTimer = setTimeout(check, idle - quiet);
+      // A paused guest is never idle; the check comes back (thawed() credits the pause).
+      if (quiet < idle || this.sb.frozen)
+        this.idleTimer = setTimeout(check, this.sb.frozen ? idle : idle - quiet);
       else this.idleExpired();
     };
     this.idleTimer = setTimeout(check, idle);

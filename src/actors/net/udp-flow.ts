@@ -129,11 +129,18 @@ export class UdpFlow extends FlowBase {
     sendUdpToGuest(this.sb, this.env.counters, this.remoteIp, this.remotePort, this.guestPort, msg);
   }
 
+  /** A paused guest ran again after `pausedMs`: that time was not idleness. */
+  thawed(pausedMs: number): void {
+    this.lastActivity += pausedMs;
+  }
+
   private armIdle(): void {
     const idle = this.sb.config.udpIdleTimeoutMs;
     const check = (): void => {
       const quiet = Date.now() - this.lastActivity;
-      if (quiet < idle) this.idleTimer = setTimeout(check, idle - quiet);
+      // A paused guest is never idle; the check comes back (thawed() credits the pause).
+      if (quiet < idle || this.sb.frozen)
+        this.idleTimer = setTimeout(check, this.sb.frozen ? idle : idle - quiet);
       else this.close('idle_timeout');
     };
     this.idleTimer = setTimeout(check, idle);

@@ -45,7 +45,7 @@ import { defineActor } from '../../runtime/actor.js';
 import type { ActorRef } from '../../runtime/actor-ref.js';
 import { ClaimQueue } from './claim-queue.js';
 import { PoolError, PoolErrorCode } from './errors.js';
-import { BootFill, type FillStrategy } from './fill.js';
+import { DoorFill, type FillStrategy } from './fill.js';
 import { LatencyWindow } from './latency-window.js';
 import {
   type Adoption,
@@ -104,7 +104,7 @@ class PoolActor implements Actor<PoolMessage, string> {
   ) {
     this.target = args.config.min;
     this.door = ctx.ref(args.door, { messages: FactoryDoorMessages, replies: str });
-    this.fill = new BootFill(this.door, args.pool);
+    this.fill = new DoorFill(args.config.fill, this.door, args.pool);
     void this.adopt();
   }
 

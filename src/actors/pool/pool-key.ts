@@ -42,6 +42,12 @@ export interface PoolConfig {
   idleTtlMs?: number;
   /** How long a claim waits for a machine when the pool is at `max` (default 30 s). */
   claimTimeoutMs?: number;
+  /**
+   * How the pool makes machines: 'boot' (default) cold-boots each; 'fork'
+   * (QEMU) boots one template, snapshots it, and restores every machine from
+   * that snapshot with its own identity (fill.ts, fork-fill.ts).
+   */
+  fill?: 'boot' | 'fork';
 }
 
 /** How many machines, how long they idle, how long a claim waits: a pool's sizing (also `lazyPools`). */
@@ -75,6 +81,7 @@ export const PoolConfigSchema = z
       .min(64)
       .max(Math.floor(totalmem() / 2 ** 20)),
     cpus: z.number().int().min(1).max(availableParallelism()),
+    fill: z.enum(['boot', 'fork']),
     ...sizing,
   })
   .partial()
@@ -102,6 +109,7 @@ export function checkPoolConfig(config: unknown, where = 'pool'): ResolvedPoolCo
     max: c.max ?? DEFAULT_POOL_MAX,
     idleTtlMs: c.idleTtlMs ?? DEFAULT_IDLE_TTL_MS,
     claimTimeoutMs: c.claimTimeoutMs ?? DEFAULT_CLAIM_TIMEOUT_MS,
+    fill: c.fill ?? 'boot',
   };
 }
 

@@ -19,6 +19,7 @@ import type { BootedMachine, SandboxFactory } from '../vm/sandbox-factory.js';
 import { BootQueue } from './boot-queue.js';
 import { PoolError, PoolErrorCode } from './errors.js';
 import FactoryDoor, { type FactoryDoorTarget } from './factory-door.js';
+import { ForkTemplate } from './fork-fill.js';
 import type { Adoption, ClaimReply, FillPriority, PoolMessage, PoolStatus } from './messages.js';
 import PoolActor from './pool-actor.js';
 import {
@@ -68,6 +69,8 @@ interface PoolEntry extends Pool {
   /** Started by a create (lazy pools, `pool: 'always'`): drained once unclaimed for its idle TTL. */
   readonly lazy: boolean;
   expiry?: NodeJS.Timeout;
+  /** A fork-filled pool's template (fork-fill.ts). */
+  readonly template?: ForkTemplate;
 }
 
 /** A claimed machine, with whether it came without waiting. */
@@ -131,6 +134,16 @@ export class PoolService implements FactoryDoorTarget {
       memoryMiB: c.memoryMiB,
       cpus: c.cpus,
     };
+    if (c.fill === 'fork' && key.backend !== 'qemu') {
+      // A namespace fork boots anyway (no process memory to restore): it would be a boot fill that says otherwise.
+      throw new PoolError(
+        PoolErrorCode.BAD_CONFIG,
+        `fill: 'fork' needs the qemu backend (this pool's is ${key.backend})`,
+        {
+          issues: [{ path: ['fill'], message: 'needs the qemu backend' }],
+        },
+      );
+    }
     return { c, key };
   }
 
@@ -148,7 +161,13 @@ export class PoolService implements FactoryDoorTarget {
         {
           pool: name,
           key,
-          config: { min: c.min, max: c.max, idleTtlMs: c.idleTtlMs, claimTimeoutMs: c.claimTimeoutMs },
+          config: {
+            min: c.min,
+            max: c.max,
+            idleTtlMs: c.idleTtlMs,
+            claimTimeoutMs: c.claimTimeoutMs,
+            fill: c.fill,
+          },
           door: door.address,
         },
         { name: `pool-${name}` },
@@ -167,6 +186,7 @@ export class PoolService implements FactoryDoorTarget {
       warming: new Set(),
       draining: false,
       lazy,
+      template: c.fill === 'fork' ? new ForkTemplate(this.factory, name, this.log) : undefined,
       status: async () => {
         await entry.spawned;
         return JSON.parse(await entry.ref.ask({ type: 'status' })) as PoolStatus;
@@ -292,6 +312,7 @@ export class PoolService implements FactoryDoorTarget {
 
   private forget(entry: PoolEntry): void {
     clearTimeout(entry.expiry);
+    entry.template?.close();
     if (this.pools.get(entry.name) === entry) this.pools.delete(entry.name);
   }
 
@@ -352,7 +373,7 @@ export class PoolService implements FactoryDoorTarget {
       .run(priority, pool, async () => {
         await entry.spawned;
         if (entry.draining) throw new PoolError(PoolErrorCode.DRAINING, `pool ${pool} is draining`);
-        const m = await this.factory.boot({
+        const req = {
           image: entry.key.image,
           backend: entry.key.backend,
           memoryMiB: entry.key.memoryMiB,
@@ -362,7 +383,8 @@ export class PoolService implements FactoryDoorTarget {
           observer: entry.ref.address,
           pool,
           background: true,
-        });
+        };
+        const m = await (entry.template ? entry.template.make(req) : this.factory.boot(req));
         booted = m.sandbox;
         entry.warming.add(m.sandbox);
         try {

@@ -76,6 +76,15 @@ export const VmMessages = union({
   rebind: struct({ hostname: str }),
   /** Stops telling the observer (a claimed machine is no longer its pool's). */
   unobserve: struct({}),
+  /** Stops the guest (state `paused`); replies JSON {ms}. Operations are refused until `resume`. */
+  pause: struct({}),
+  /** Continues a paused guest; replies JSON {ms}. */
+  resume: struct({}),
+  /**
+   * Writes a snapshot into `dir` (existing, empty); replies JSON {kind,
+   * pauseMs, …}. The guest continues afterwards unless `stayPaused`.
+   */
+  snapshot: struct({ dir: str, stayPaused: bool }),
 });
 
 export const SinkMessages = union({
@@ -101,7 +110,7 @@ export interface ExecRequest {
   pty?: { cols: number; rows: number };
 }
 
-export type VmState = 'booting' | 'ready' | 'busy' | 'stopping' | 'stopped' | 'failed';
+export type VmState = 'booting' | 'ready' | 'busy' | 'paused' | 'stopping' | 'stopped' | 'failed';
 
 export interface VmInfo {
   sandbox: number;
@@ -113,6 +122,10 @@ export interface VmInfo {
   agentVersion?: string;
   milestones?: Record<string, number>;
   error?: { code: string; message: string };
+  /** Made from a snapshot: of its memory (QEMU) or of its filesystem (namespace). */
+  restored?: 'memory' | 'filesystem';
+  /** How a memory-restored machine took on its identity. */
+  handoff?: { via: 'ack' | 'fallback'; ms: number; applyUs?: number };
 }
 
 export type VmMessage = Infer<typeof VmMessages>;

@@ -28,7 +28,7 @@ import type { NetConfig } from '../net/config.js';
 import type { NetworkService } from '../net/network-service.js';
 import { NICE, reniceProcesses } from './backends/launcher.js';
 import type { VmInfo, VmMessage, VmState } from './messages.js';
-import VmActor, { type VmArgs } from './vm-actor.js';
+import VmActor, { type VmArgs, type VmRestore } from './vm-actor.js';
 
 /** What `actorvm:machine` carries: a machine's lifecycle as the factory sees it. */
 export interface MachineEvent {
@@ -72,6 +72,12 @@ export interface MachineRequest {
    * Only as root: raising priority back needs CAP_SYS_NICE.
    */
   background?: boolean;
+  /** QEMU: resume this memory snapshot instead of booting (a fork's child, a restore from disk). */
+  restore?: VmRestore;
+  /** Namespace: read-only layers over the image (filesystem snapshots), topmost first. */
+  layers?: string[];
+  /** The image must still be this build (a snapshot's): else ERR_SNAPSHOT_IMAGE_CHANGED. */
+  imageId?: string;
 }
 
 /** A booted machine: everything the runtime needs to hand it to a tenant or take it down. */
@@ -102,6 +108,10 @@ export interface BootedMachine {
   readonly startTime: string | undefined;
   /** Called with each lifecycle change after the factory recorded it (the Sandbox's state). */
   onState?: (state: VmState) => void;
+  /** The built image's content id (what a snapshot records). */
+  readonly imageId: string;
+  /** Namespace: the read-only layers it runs on (a fork's children stack theirs over these). */
+  readonly layers: readonly string[];
 }
 
 /**
@@ -210,6 +220,14 @@ export class SandboxFactory {
    */
   async boot(req: MachineRequest): Promise<BootedMachine> {
     const image = await this.images.ensure(req.image);
+    if (req.imageId !== undefined && image.id !== req.imageId) {
+      throw Object.assign(
+        new Error(
+          `image ${image.name} was rebuilt since the snapshot was taken (${req.imageId} → ${image.id})`,
+        ),
+        { code: 'ERR_SNAPSHOT_IMAGE_CHANGED' },
+      );
+    }
     const sandbox = this.nextSandbox++;
     const runDir = join(this.runRoot, `${process.pid}-${sandbox}`);
     const hostname = req.hostname ?? `sandbox-${sandbox}`;
@@ -238,6 +256,8 @@ export class SandboxFactory {
       sink: this.sink.address,
       agentTimeoutMs: req.bootTimeoutMs,
       observer: req.observer,
+      restore: req.restore,
+      layers: req.layers,
     };
     const background = req.background === true && this.backgroundOk;
     args.nice = background ? BACKGROUND_NICE : undefined;
@@ -264,6 +284,8 @@ export class SandboxFactory {
         claimed: false,
         background,
         startTime: info.pid ? statFields(info.pid)?.[19] : undefined,
+        imageId: image.id,
+        layers: req.layers ?? [],
       };
       this.machines.set(sandbox, booted);
       publish({ event: 'booted', sandbox, backend: req.backend, pool: req.pool });

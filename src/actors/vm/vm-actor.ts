@@ -2,10 +2,14 @@
  * One sandbox: its machine (a QEMU microVM or a namespace sandbox), its
  * guest-facing network, and its agent.
  *
- * Lifecycle: booting → ready ⇄ busy → stopping → stopped, or → failed.
- * Readiness is an event: the agent's handshake on its channel, bounded by the
- * machine's liveness — if QEMU or the namespace init exits first, the boot
- * fails at once with the console tail; the agent timeout is only a backstop.
+ * Lifecycle: booting → ready ⇄ busy ⇄ paused → stopping → stopped, or →
+ * failed. Readiness is an event: the agent's handshake on its channel,
+ * bounded by the machine's liveness — if QEMU or the namespace init exits
+ * first, the boot fails at once with the console tail; the agent timeout is
+ * only a backstop. A machine restored from a memory snapshot (`restore`) is
+ * ready only once its new identity was handed off (handoff.ts): prepare →
+ * resume → agent → ack or fallback. While paused, new operations are refused
+ * (ERR_VM_PAUSED); `snapshot` writes the machine's state into a directory.
  * Every transition is a log line (`vm.<state>`) and a `state` message to the
  * main thread's sink.
  *
@@ -36,10 +40,14 @@ import type { FlowHashKey } from '../net/flow-hash.js';
 import FlowShard from '../net/flow-shard.js';
 import { GuestNetwork } from '../net/guest-network.js';
 import { asBytes } from '../net/messages.js';
+import { VmErrorCode } from './backends/errors.js';
+import { freezeSandbox, thawSandbox } from './backends/freeze.js';
 import type { Machine, MachineExit } from './backends/machine.js';
-import { startNamespaceMachine } from './backends/namespace.js';
-import { startQemuMachine } from './backends/qemu.js';
+import { type NamespaceMachine, startNamespaceMachine } from './backends/namespace.js';
+import { type QemuMachine, startQemuMachine } from './backends/qemu.js';
+import { copyWritableLayer } from './backends/writable-layer.js';
 import { GuestOps } from './guest-ops.js';
+import { Handoff, type HandoffOutcome } from './handoff.js';
 import {
   type ExecRequest,
   MachineStateMessages,
@@ -73,7 +81,26 @@ export interface VmArgs {
   observer?: ActorAddress;
   /** Nice value of the machine's processes (a pool's machines run in the background until claimed). */
   nice?: number;
+  /** QEMU: resume this memory snapshot (a fork's child, a sandbox restored from disk) instead of booting. */
+  restore?: VmRestore;
+  /** Namespace: read-only layers over the image (a filesystem snapshot), topmost first. */
+  layers?: string[];
 }
+
+export interface VmRestore {
+  state: string;
+  ram: string;
+  /** Bound on the handoff ack before the fallback (default DEFAULT_ACK_TIMEOUT_MS). */
+  ackTimeoutMs?: number;
+  /** Test hook: the guest network drops the handoff ack, so the fallback wins. */
+  dropHandoffAck?: boolean;
+}
+
+/** A layer that already holds guest ids is copied with them unchanged. */
+const GUEST_IDS = { base: 0, count: 65536 };
+
+/** Messages that start a guest operation (refused while paused). */
+const STARTS_OPERATION = new Set<VmMessage['type']>(['exec', 'put', 'get', 'watch']);
 
 /** Reads of the frame stream land here; many 64 KiB frames per read. */
 const FRAME_READ_BUFFER = 1 << 20;
@@ -90,6 +117,8 @@ class VmActor implements Actor<VmMessage, string> {
   private bootMs: number | undefined;
   private readonly booted: Promise<void>;
   private observer: ActorRef<{ type: 'machine_state'; sandbox: number; state: string }, void> | undefined;
+  /** How a restored machine took on its identity. */
+  private handoff: HandoffOutcome | undefined;
 
   constructor(
     private readonly ctx: ActorContext<VmMessage>,
@@ -119,6 +148,8 @@ class VmActor implements Actor<VmMessage, string> {
         runDir: a.runDir,
         env: a.env,
         nice: a.nice,
+        restore: a.restore ? { state: a.restore.state, ram: a.restore.ram } : undefined,
+        layers: a.layers,
         log: this.ctx.log,
         net: {
           ip: ipToString(a.net.guestIp),
@@ -145,10 +176,25 @@ class VmActor implements Actor<VmMessage, string> {
       this.net.adopt(machine.frames);
       void machine.exited.then((exit) => this.onMachineExit(exit));
       if (this.isGone()) return;
+      const handoff = a.restore ? this.prepareHandoff(a.restore) : undefined;
+      // A restored machine is paused until now: its guest runs from here (and listens for its identity).
+      if (handoff) await (machine as QemuMachine).resume();
       const agent = await machine.connectAgent({ timeoutMs: a.agentTimeoutMs });
       if (this.isGone()) {
+        handoff?.close();
         agent.close();
         return;
+      }
+      if (handoff) {
+        try {
+          this.handoff = await handoff.deliver(agent);
+        } finally {
+          handoff.close();
+        }
+        if (this.isGone()) {
+          agent.close();
+          return;
+        }
       }
       this.agent = agent;
       // A channel that closes under a live machine means the agent is gone:
@@ -160,14 +206,155 @@ class VmActor implements Actor<VmMessage, string> {
       });
       this.ops = new GuestOps(agent, this.sink, this.ctx.log);
       this.ops.onActivity = (active) => {
+        if (this.state === 'paused') return;
         if (this.state === 'ready' && active > 0) this.transition('busy', `${active} operation(s)`);
         else if (this.state === 'busy' && active === 0) this.transition('ready', 'idle');
       };
       this.bootMs = performance.now() - started;
-      this.transition('ready', `booted in ${Math.round(this.bootMs)} ms`);
+      this.transition(
+        'ready',
+        this.handoff
+          ? `restored in ${Math.round(this.bootMs)} ms (handoff via ${this.handoff.via} in ${Math.round(this.handoff.ms)} ms)`
+          : `booted in ${Math.round(this.bootMs)} ms`,
+      );
       for (const w of this.waiting.splice(0)) w(JSON.stringify(this.info()));
     } catch (err) {
       this.fail(err);
+    }
+  }
+
+  /** The restored machine's handoff, prepared before its guest runs again (handoff.ts). */
+  private prepareHandoff(r: VmRestore): Handoff {
+    const a = this.args;
+    this.net.dropHandoffAcks = r.dropHandoffAck === true;
+    const h = new Handoff(
+      this.net,
+      {
+        mac: a.mac,
+        address: `${ipToString(a.net.guestIp)}/${a.net.prefix}`,
+        gateway: ipToString(a.net.gatewayIp),
+        dns: [ipToString(a.net.dnsIp)],
+        hostname: a.hostname,
+        mtu: a.net.mtu,
+      },
+      this.ctx.log,
+      a.sandbox,
+      r.ackTimeoutMs,
+    );
+    h.prepare();
+    return h;
+  }
+
+  /** Stops the guest: QEMU's vCPUs, or every process of a namespace sandbox but its agent. */
+  private async pause(reply: Reply<string>): Promise<void> {
+    const m = this.machine;
+    if (this.state === 'paused') return reply('{}');
+    if (!m || (this.state !== 'ready' && this.state !== 'busy')) {
+      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
+      return;
+    }
+    const t0 = performance.now();
+    try {
+      let detail: string;
+      if (m.backend === 'qemu') {
+        await (m as QemuMachine).pause();
+        detail = 'vCPUs stopped';
+      } else {
+        const f = freezeSandbox(m.pid);
+        if (!f.complete) {
+          thawSandbox(m.pid);
+          throw new ActorvmError(
+            VmErrorCode.PAUSE_FAILED,
+            `the sandbox kept starting processes while it was being paused (${f.stopped} stopped); resumed`,
+          );
+        }
+        detail = `${f.stopped} process(es) stopped`;
+      }
+      this.transition('paused', detail);
+      reply(JSON.stringify({ ms: performance.now() - t0 }));
+    } catch (err) {
+      reply.error(err);
+    }
+  }
+
+  private async resume(reply: Reply<string>): Promise<void> {
+    const m = this.machine;
+    if (this.state !== 'paused' || !m) {
+      if (this.state === 'ready' || this.state === 'busy') return reply('{}');
+      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
+      return;
+    }
+    const t0 = performance.now();
+    try {
+      if (m.backend === 'qemu') await (m as QemuMachine).resume();
+      else thawSandbox(m.pid);
+      const active = this.ops?.active ?? 0;
+      this.transition(active > 0 ? 'busy' : 'ready', 'resumed');
+      reply(JSON.stringify({ ms: performance.now() - t0 }));
+    } catch (err) {
+      reply.error(err);
+    }
+  }
+
+  /**
+   * Writes a snapshot into `dir` (which exists and is empty): QEMU's device
+   * state and frozen RAM (kind 'memory'), or a namespace sandbox's writable
+   * layer (kind 'filesystem'). The guest is stopped meanwhile and continues
+   * afterwards unless `stayPaused` (or it was paused already).
+   */
+  private async snapshot(dir: string, stayPaused: boolean, reply: Reply<string>): Promise<void> {
+    const m = this.machine;
+    const wasPaused = this.state === 'paused';
+    if (!m || (!wasPaused && this.state !== 'ready' && this.state !== 'busy')) {
+      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
+      return;
+    }
+    try {
+      if (m.backend === 'qemu') {
+        const saved = await (m as QemuMachine).saveSnapshot(`${dir}/state`, `${dir}/ram`, {
+          resume: !stayPaused,
+          wasPaused,
+        });
+        if (stayPaused && !wasPaused) this.transition('paused', 'snapshot written, kept paused');
+        reply(JSON.stringify({ kind: 'memory', ...saved }));
+        return;
+      }
+      const t0 = performance.now();
+      if (!wasPaused && !freezeSandbox(m.pid).complete) {
+        thawSandbox(m.pid);
+        throw new ActorvmError(
+          VmErrorCode.PAUSE_FAILED,
+          'the sandbox kept starting processes while it was being stopped',
+        );
+      }
+      const captured = { files: 0, bytes: 0, layers: 1 };
+      try {
+        const top = await (m as NamespaceMachine).captureWritableLayer(`${dir}/layer`);
+        captured.files += top.files;
+        captured.bytes += top.bytes;
+        // The layers it runs on come along (copied: they may be a fork's, which go with its children),
+        // so the snapshot stands on the image alone.
+        for (const [i, layer] of (this.args.layers ?? []).entries()) {
+          const c = await copyWritableLayer(layer, `${dir}/layer${i + 1}`, GUEST_IDS);
+          captured.files += c.files;
+          captured.bytes += c.bytes;
+          captured.layers++;
+        }
+      } finally {
+        if (!wasPaused && !stayPaused) thawSandbox(m.pid);
+      }
+      if (stayPaused && !wasPaused) this.transition('paused', 'snapshot written, kept paused');
+      reply(
+        JSON.stringify({
+          kind: 'filesystem',
+          pauseMs: wasPaused ? 0 : performance.now() - t0,
+          files: captured.files,
+          bytes: captured.bytes,
+          layers: captured.layers,
+        }),
+      );
+    } catch (err) {
+      reply.error(err);
     }
   }
 
@@ -244,16 +431,30 @@ class VmActor implements Actor<VmMessage, string> {
       case 'rebind':
         void this.agentOp(reply, (agent) => agent.netConfig({ hostname: msg.hostname }));
         return;
+      case 'pause':
+        void this.pause(reply);
+        return;
+      case 'resume':
+        void this.resume(reply);
+        return;
+      case 'snapshot':
+        void this.snapshot(msg.dir, msg.stayPaused, reply);
+        return;
       case 'unobserve':
         this.observer = undefined;
         return;
     }
-    const ops = this.ops;
+    // A paused guest starts nothing new; what runs already may still be signalled, cancelled, fed and acked.
+    const ops = this.state === 'paused' && STARTS_OPERATION.has(msg.type) ? undefined : this.ops;
     if (!ops) {
       // Not ready (or gone): the operation fails at once, through the sink like any result.
       const id = (msg as { id?: number }).id;
       if (id !== undefined && msg.type !== 'ack' && msg.type !== 'input') {
-        const err = this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`);
+        const err =
+          this.failure ??
+          (this.state === 'paused'
+            ? new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first')
+            : new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
         this.sink.tell({
           type: 'done',
           id,
@@ -308,6 +509,10 @@ class VmActor implements Actor<VmMessage, string> {
   /** A file operation with no result but success: replies '{}' or the error. */
   private async agentOp(reply: Reply<string>, run: (agent: AgentClient) => Promise<void>): Promise<void> {
     const agent = this.agent;
+    if (this.state === 'paused') {
+      reply.error(new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first'));
+      return;
+    }
     if (!agent) {
       reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
       return;
@@ -322,6 +527,10 @@ class VmActor implements Actor<VmMessage, string> {
 
   private async fsOp(op: string, path: string, mode: number, reply: Reply<string>): Promise<void> {
     const agent = this.agent;
+    if (this.state === 'paused') {
+      reply.error(new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first'));
+      return;
+    }
     if (!agent) {
       reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
       return;
@@ -347,6 +556,10 @@ class VmActor implements Actor<VmMessage, string> {
       pid: this.machine?.pid,
       bootMs: this.bootMs === undefined ? undefined : Math.round(this.bootMs),
       agentVersion: this.agent?.hello.agentVersion,
+      restored: this.args.restore ? 'memory' : this.args.layers?.length ? 'filesystem' : undefined,
+      handoff: this.handoff
+        ? { via: this.handoff.via, ms: Math.round(this.handoff.ms * 10) / 10, applyUs: this.handoff.applyUs }
+        : undefined,
       error: this.failure ? { code: this.failure.code, message: this.failure.message } : undefined,
     };
   }
@@ -375,6 +588,14 @@ class VmActor implements Actor<VmMessage, string> {
   }
 
   async stop(reason: StopReason): Promise<void> {
+    // A paused guest could not power off gracefully (its agent, or everything it must signal, is stopped):
+    // let it run for its last moments, so stopping costs no grace-period wait.
+    if (this.state === 'paused' && this.machine) {
+      const m = this.machine;
+      await (m.backend === 'qemu' ? (m as QemuMachine).resume() : Promise.resolve(thawSandbox(m.pid))).catch(
+        () => {},
+      );
+    }
     if (this.state !== 'failed') this.transition('stopping', reason);
     this.ops?.abortAll(new ActorvmError('ERR_VM_STOPPED', `the sandbox was stopped (${reason})`));
     for (const w of this.waiting.splice(0))

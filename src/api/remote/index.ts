@@ -11,6 +11,8 @@ export {
 } from './runtime.js';
 export {
   type RemoteExecOptions,
+  type RemoteForkOptions,
+  type RemoteForkResult,
   type RemoteProcessInfo,
   RemoteSandbox,
   type RemoteSpawnOptions,

@@ -12,7 +12,8 @@
  * ===================
  *
  * Two protocols, one address. The daemon (src/daemon/server.ts) answers
- * native REST under /v1 (sandboxes, lifetimes, forwards, logs, inspection)
+ * native REST under /v1 (sandboxes, lifetimes, forwards, logs, pause,
+ * snapshots, forks, inspection)
  * and the in-sandbox API E2B's SDK speaks: Connect RPC `process.Process`
  * and `filesystem.Filesystem`, plus GET/POST /files, with the sandbox named
  * by the E2b-Sandbox-Id header. The client uses both over the same
@@ -54,7 +55,8 @@ import type { ActorInfo } from '../../runtime/actor-cell.js';
 import { defaultSocketPath } from '../../runtime/paths.js';
 import type { RingStats } from '../../runtime/ring.js';
 import type { SandboxOptions } from '../runtime.js';
-import { check, checkOptions, LifetimeMs, Metadata, SandboxOptionsSchema } from '../schemas.js';
+import { check, checkOptions, LifetimeMs, Metadata, SandboxOptionsSchema, SnapshotId } from '../schemas.js';
+import type { SnapshotInfo } from '../snapshots.js';
 import { Endpoint } from './endpoint.js';
 import { RemoteError, RemoteErrorCode } from './errors.js';
 import { type RpcClients, rpcClients } from './rpc.js';
@@ -199,6 +201,17 @@ export class RemoteRuntime {
       { timeoutMs: ms ?? null },
     );
     return r.endAt ? new Date(r.endAt) : undefined;
+  }
+
+  /** Snapshots under the daemon's home, oldest first. */
+  snapshots(): Promise<SnapshotInfo[]> {
+    return this.endpoint.json('GET', '/v1/snapshots');
+  }
+
+  /** Removes a snapshot. Throws ERR_SNAPSHOT_NOT_FOUND, ERR_SNAPSHOT_IN_USE, ERR_SANDBOX_BAD_OPTIONS. */
+  async removeSnapshot(id: string): Promise<void> {
+    const ref = checkOptions(SnapshotId, id, 'snapshot');
+    await this.endpoint.json<void>('DELETE', `/v1/snapshots/${encodeURIComponent(ref)}`);
   }
 
   // ---- inspection (actorctl) ----

@@ -2,14 +2,15 @@
  * A sandbox behind the daemon, with the in-process Sandbox's methods:
  * commands (spawn, exec, and what only the daemon has: attach to a process
  * that outlived its client, list them), files (files.ts), exposed ports,
- * console logs, lifetime, kill. Sandbox-level calls are native REST
+ * console logs, lifetime, pause and resume, snapshots and forks, kill.
+ * Sandbox-level calls are native REST
  * (/v1/sandboxes/:id/…); commands and files are the in-sandbox services,
  * addressed by the sandbox's key.
  */
 import { z } from 'zod';
 import type { VmState } from '../../actors/vm/messages.js';
 import type { Signal } from '../../protocol/envd/index.js';
-import type { Command, ExecOptions, ExecResult, SpawnOptions } from '../sandbox.js';
+import type { Command, ExecOptions, ExecResult, ForkOptions, SpawnOptions } from '../sandbox.js';
 import {
   checkCommand,
   checkExposeArgs,
@@ -17,11 +18,14 @@ import {
   checkPort,
   DEFAULT_MAX_OUTPUT_BYTES,
   ExecOptionsSchema,
+  ForkOptionsSchema,
   handled,
   LogBytes,
   Proto,
+  SnapshotOptionsSchema,
   SpawnOptionsSchema,
 } from '../schemas.js';
+import type { SnapshotInfo } from '../snapshots.js';
 import { finishExec } from '../streams.js';
 import type { Endpoint } from './endpoint.js';
 import { fromConnect, RemoteError } from './errors.js';
@@ -48,9 +52,25 @@ export interface SandboxSummary {
   processes: number;
   /** Claimed from a warm pool: which, whether a machine was idle (hit), the create's ms. */
   claim?: { pool: string; hit: boolean; ms: number };
-  /** Only in the answer to a create: the secret for in-sandbox calls on TCP. */
+  /** A fork's child: the number of the sandbox it was forked from. */
+  forkOf?: number;
+  /** Made from a snapshot or a fork: of its memory (processes and all) or of its files only. */
+  restored?: 'memory' | 'filesystem';
+  /** A memory-restored one: how it took on its own network identity (ack or fallback), and how long that took. */
+  handoff?: { via: 'ack' | 'fallback'; ms: number; applyUs?: number };
+  /** Restored from this snapshot. */
+  snapshot?: string;
+  /** Only in the answer to a create (or a fork): the secret for in-sandbox calls on TCP. */
   accessToken?: string;
 }
+
+/** One child of a fork: its RemoteSandbox, or the typed error that child met (its siblings are unaffected). */
+export type RemoteForkResult = { ok: true; sandbox: RemoteSandbox } | { ok: false; error: RemoteError };
+
+/** What the daemon answers per fork child (src/daemon/routes/native.ts). */
+type ForkEntry =
+  | SandboxSummary
+  | { error: { code: string; message: string; details?: Record<string, unknown> } };
 
 /**
  * The in-process SpawnOptions, plus a tag to reattach by (`attach({ tag })`).
@@ -83,6 +103,10 @@ const RemoteExecOptionsSchema = z
   .object({ ...ExecOptionsSchema.shape, tag: Tag })
   .partial()
   .strict();
+/** Fork options over the daemon: the in-process ones but the QEMU test hooks, which it does not take. */
+export type RemoteForkOptions = Pick<ForkOptions, 'count' | 'timeoutMs'>;
+const RemoteForkOptionsSchema = ForkOptionsSchema.pick({ count: true, timeoutMs: true }).strict();
+
 const Selector = z.union([
   z.object({ pid: z.number().int().min(1).max(0xffffffff) }).strict(),
   z.object({ tag: Tag }).strict(),
@@ -147,6 +171,21 @@ export class RemoteSandbox {
 
   private get path(): string {
     return `/v1/sandboxes/${encodeURIComponent(this.key)}`;
+  }
+
+  /** The sandbox this one was forked from (its number), if it is a fork's child. */
+  get forkOf(): number | undefined {
+    return this.summary.forkOf;
+  }
+
+  /** Made from a snapshot or a fork: of its memory (processes and all) or of its filesystem only. */
+  get restored(): 'memory' | 'filesystem' | undefined {
+    return this.summary.restored;
+  }
+
+  /** How a memory-restored sandbox took on its own network identity. */
+  get handoff(): SandboxSummary['handoff'] {
+    return this.summary.handoff;
   }
 
   private live(): void {
@@ -318,9 +357,7 @@ export class RemoteSandbox {
   async info(): Promise<SandboxSummary> {
     this.live();
     const s = await this.link.endpoint.json<SandboxSummary>('GET', this.path);
-    this.state = s.state as VmState;
-    this.endAt = s.endAt ? new Date(s.endAt) : undefined;
-    this.summary = s;
+    this.refresh(s);
     return s;
   }
 
@@ -335,6 +372,61 @@ export class RemoteSandbox {
     this.live();
     this.endAt = await this.link.setTimeout(this.id, ms);
     return this.endAt;
+  }
+
+  /**
+   * Stops the guest; commands and file calls fail with ERR_VM_PAUSED until
+   * `resume()`. Its network flows are kept. Idempotent.
+   */
+  async pause(): Promise<void> {
+    this.live();
+    this.refresh(await this.link.endpoint.json<SandboxSummary>('POST', `${this.path}/pause`));
+  }
+
+  /** Continues a paused sandbox. Idempotent. */
+  async resume(): Promise<void> {
+    this.live();
+    this.refresh(await this.link.endpoint.json<SandboxSummary>('POST', `${this.path}/resume`));
+  }
+
+  /**
+   * Writes a snapshot under the daemon's home and resolves with its info:
+   * `kind: 'memory'` (QEMU) or `'filesystem'` (namespace). `stayPaused`
+   * leaves the sandbox paused after it. Restore it with
+   * `createSandbox({ snapshot: id })`.
+   */
+  async snapshot(opts: { stayPaused?: boolean } = {}): Promise<SnapshotInfo & { pauseMs: number }> {
+    const body = checkOptions(SnapshotOptionsSchema, opts);
+    this.live();
+    const info = await this.link.endpoint.json<SnapshotInfo & { pauseMs: number }>(
+      'POST',
+      `${this.path}/snapshot`,
+      body,
+    );
+    if (body.stayPaused) this.state = 'paused';
+    return info;
+  }
+
+  /**
+   * Forks the sandbox into `count` (1..16) children: one result per child, a
+   * RemoteSandbox (holding its access token) or the typed error that child
+   * met (ERR_FORK_CHILD_FAILED, the cause in `details.cause`).
+   */
+  async fork(opts: RemoteForkOptions): Promise<RemoteForkResult[]> {
+    const body = checkOptions(RemoteForkOptionsSchema, opts);
+    this.live();
+    const entries = await this.link.endpoint.json<ForkEntry[]>('POST', `${this.path}/fork`, body);
+    return entries.map((e): RemoteForkResult => {
+      if ('error' in e)
+        return { ok: false, error: new RemoteError(e.error.code, e.error.message, e.error.details) };
+      return { ok: true, sandbox: new RemoteSandbox(this.link, e) };
+    });
+  }
+
+  private refresh(s: SandboxSummary): void {
+    this.state = s.state as VmState;
+    this.endAt = s.endAt ? new Date(s.endAt) : undefined;
+    this.summary = s;
   }
 
   /** Stops the sandbox and frees everything it held. Later calls fail with ERR_SANDBOX_STOPPED. */

@@ -1,7 +1,9 @@
 /**
  * Sandbox commands: `actorctl run` (one-shot, in-process), `actorctl serve`
  * (the daemon: a runtime and its HTTP API), and `actorctl vm …` (against a
- * running daemon, over its HTTP API).
+ * running daemon, over its HTTP API): ls, create (also from a snapshot),
+ * exec, shell, attach, ps, logs, kill, timeout, pause, resume, snapshot,
+ * fork (snapshots themselves: `actorctl snapshot …`, snapshot.ts).
  *
  * Interactive commands (`run -i/-t`, `vm exec -i/-t`, `vm shell`) share one
  * terminal session (attachTerminal): our stdin forwarded to the command
@@ -15,7 +17,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { Command } from 'commander';
 import { DEFAULT_POOL_MAX } from '../../actors/pool/pool-key.js';
 import type { ProcessResult } from '../../api/process.js';
-import type { RemoteSandbox, SandboxSummary } from '../../api/remote/index.js';
+import type { RemoteForkResult, RemoteSandbox, SandboxSummary } from '../../api/remote/index.js';
 import { type BackendChoice, Runtime, type SandboxOptions } from '../../api/runtime.js';
 import { ActorvmError } from '../../errors.js';
 import { type GlobalOptions, withClient } from '../context.js';
@@ -342,11 +344,25 @@ export function registerSandboxCommands(program: Command): void {
     .option('--env <key=value>', 'environment of every command (repeatable)', collect)
     .option('--metadata <key=value>', 'label (repeatable); list with vm ls --metadata', collect)
     .option('--timeout-ms <ms>', 'kill the sandbox this long after it is ready (see vm timeout)')
+    .option('--on-timeout <action>', "what the deadline does: 'kill' (default) or 'pause'")
+    .option(
+      '--snapshot <id>',
+      'restore this snapshot (actorctl snapshot ls); image, backend, memory and cpus are its own',
+    )
     .option('--allow-host-loopback', "reach the host's loopback through the gateway address")
     .action(async (_o, c: Command) => {
       const opts = c.optsWithGlobals<
-        RunOptions & { cpus?: string; env?: string[]; metadata?: string[]; timeoutMs?: string }
+        RunOptions & {
+          cpus?: string;
+          env?: string[];
+          metadata?: string[];
+          timeoutMs?: string;
+          onTimeout?: string;
+          snapshot?: string;
+        }
       >();
+      if (opts.onTimeout !== undefined && opts.onTimeout !== 'kill' && opts.onTimeout !== 'pause')
+        throw badOption(`--on-timeout takes kill or pause, got '${opts.onTimeout}'`);
       const s = await withClient(opts, async (rt) => {
         const sbx = await rt.createSandbox({
           image: opts.image,
@@ -356,6 +372,8 @@ export function registerSandboxCommands(program: Command): void {
           env: pairs('env', opts.env),
           metadata: pairs('metadata', opts.metadata),
           timeoutMs: intFlag('timeout-ms', opts.timeoutMs, 1, Number.MAX_SAFE_INTEGER),
+          onTimeout: opts.onTimeout as 'kill' | 'pause' | undefined,
+          snapshot: opts.snapshot,
           network: opts.allowHostLoopback ? { allowHostLoopback: true } : undefined,
         });
         return sbx.summary;
@@ -498,4 +516,68 @@ export function registerSandboxCommands(program: Command): void {
       if (opts.json) printJson(r);
       else process.stdout.write(`${r.endAt ?? 'no deadline'}\n`);
     });
+
+  for (const [name, description] of [
+    ['pause', 'stop a sandbox (commands and file calls fail with ERR_VM_PAUSED until vm resume)'],
+    ['resume', 'continue a paused sandbox'],
+  ] as const) {
+    vm.command(name)
+      .description(description)
+      .argument('<id>', 'sandbox id or key')
+      .action(async (id: string, _o, c: Command) => {
+        const opts = c.optsWithGlobals<GlobalOptions>();
+        const r = await withClient(opts, async (rt) => {
+          const sbx = await rt.sandbox(sandboxRef(id));
+          await (name === 'pause' ? sbx.pause() : sbx.resume());
+          return { id: sbx.id, sandboxId: sbx.key, state: sbx.state };
+        });
+        if (opts.json) printJson(r);
+      });
+  }
+
+  vm.command('snapshot')
+    .description(
+      'write a snapshot of a sandbox (QEMU: its memory; namespace: its files); prints its id (--json: its info)',
+    )
+    .argument('<id>', 'sandbox id or key')
+    .option('--stay-paused', 'leave the sandbox paused once the snapshot is written')
+    .action(async (id: string, _o, c: Command) => {
+      const opts = c.optsWithGlobals<GlobalOptions & { stayPaused?: boolean }>();
+      const info = await withClient(opts, async (rt) =>
+        (await rt.sandbox(sandboxRef(id))).snapshot({ stayPaused: opts.stayPaused === true }),
+      );
+      if (opts.json) printJson(info);
+      else process.stdout.write(`${info.id}\n`);
+    });
+
+  vm.command('fork')
+    .description(
+      'fork a sandbox into children; one line per child: its id and key, or its error (exits 1 if any failed)',
+    )
+    .argument('<id>', 'sandbox id or key')
+    .option('--count <n>', 'children to make, 1..16', '1')
+    .option('--timeout-ms <ms>', 'kill each child this long after it is ready')
+    .action(async (id: string, _o, c: Command) => {
+      const opts = c.optsWithGlobals<GlobalOptions & { count?: string; timeoutMs?: string }>();
+      const count = intFlag('count', opts.count, 1, 16) ?? 1;
+      const timeoutMs = intFlag('timeout-ms', opts.timeoutMs, 1, Number.MAX_SAFE_INTEGER);
+      const results = await withClient(opts, async (rt) =>
+        (await rt.sandbox(sandboxRef(id))).fork({ count, timeoutMs }),
+      );
+      if (opts.json) printJson(results.map(forkJson));
+      else {
+        for (const r of results) {
+          process.stdout.write(
+            r.ok ? `${r.sandbox.id} ${r.sandbox.key}\n` : `error ${r.error.code}: ${r.error.message}\n`,
+          );
+        }
+      }
+      if (results.some((r) => !r.ok)) process.exitCode = 1;
+    });
+}
+
+/** A fork child for --json: its summary (with access token), or its error. */
+function forkJson(r: RemoteForkResult): Record<string, unknown> {
+  if (r.ok) return { ok: true, ...r.sandbox.summary };
+  return { ok: false, error: { code: r.error.code, message: r.error.message, details: r.error.details } };
 }

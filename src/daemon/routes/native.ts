@@ -10,7 +10,8 @@
  *   GET    /v1/net/stats              per-shard network counters
  *   GET    /v1/images                 built images
  *   GET    /v1/sandboxes?metadata=…   live sandboxes (E2B-style metadata filter)
- *   POST   /v1/sandboxes              create (SandboxOptions; image by name; `pool` auto|never|always)
+ *   POST   /v1/sandboxes              create (SandboxOptions; image by name; `pool` auto|never|always;
+ *                                      `snapshot` restores one; `onTimeout` kill|pause)
  *   GET    /v1/sandboxes/:id          one sandbox
  *   DELETE /v1/sandboxes/:id          kill
  *   POST   /v1/sandboxes/:id/timeout  move the deadline ({timeoutMs} or {timeoutMs: null})
@@ -18,9 +19,16 @@
  *   GET    /v1/sandboxes/:id/metrics  CPU, memory, disk
  *   POST   /v1/sandboxes/:id/forwards       expose a guest port
  *   DELETE /v1/sandboxes/:id/forwards/:proto/:hostPort
+ *   POST   /v1/sandboxes/:id/pause     stop the guest (idempotent); the summary
+ *   POST   /v1/sandboxes/:id/resume    continue it (idempotent); the summary
+ *   POST   /v1/sandboxes/:id/snapshot  write a snapshot ({stayPaused?}); its SnapshotInfo and pauseMs
+ *   POST   /v1/sandboxes/:id/fork      {count, timeoutMs?}: one entry per child, its summary
+ *                                      (with access token) or {error: {code, message, details}}
+ *   GET    /v1/snapshots              snapshots under the daemon's home, oldest first
+ *   DELETE /v1/snapshots/:id          remove one (ERR_SNAPSHOT_NOT_FOUND, ERR_SNAPSHOT_IN_USE)
  *
- * `:id` is the sandbox number or its key. Creates answer the key and the
- * access token the in-sandbox routes need on TCP.
+ * `:id` is the sandbox number or its key. Creates (and fork children) answer
+ * the key and the access token the in-sandbox routes need on TCP.
  */
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
@@ -28,14 +36,23 @@ import { z } from 'zod';
 import { sandboxMetrics } from '../../api/sandbox-metrics.js';
 import {
   ExposeOptionsSchema,
+  ForkOptionsSchema,
   LifetimeMs,
   LogBytes,
   Port,
   Proto,
   SandboxOptionsSchema,
+  SnapshotOptionsSchema,
 } from '../../api/schemas.js';
 import { DaemonError, DaemonErrorCode } from '../errors.js';
-import { findSandbox, foundOf, parseMetadataQuery, SandboxSummarySchema, summarize } from '../sandboxes.js';
+import {
+  type Found,
+  findSandbox,
+  foundOf,
+  parseMetadataQuery,
+  SandboxSummarySchema,
+  summarize,
+} from '../sandboxes.js';
 import type { Daemon } from '../server.js';
 
 const IdParam = z.object({ id: z.string().min(1).max(128) });
@@ -45,6 +62,36 @@ const tags = ['native'];
 export const CreateBody = SandboxOptionsSchema.extend({ image: z.string().min(1).max(256) })
   .partial()
   .strict();
+
+/** Fork body: the Runtime's fork options without its QEMU test hooks (ackTimeoutMs, dropHandoffAck). */
+export const ForkBody = ForkOptionsSchema.pick({ count: true, timeoutMs: true }).strict();
+
+const SnapshotParam = z.object({ id: z.string().min(1).max(128) });
+
+const CreatedSchema = SandboxSummarySchema.extend({ accessToken: z.string() });
+const ForkEntrySchema = z.union([
+  CreatedSchema,
+  z.object({
+    error: z.object({
+      code: z.string(),
+      message: z.string(),
+      details: z.record(z.string(), z.unknown()).optional(),
+    }),
+  }),
+]);
+const SnapshotInfoSchema = z.object({
+  id: z.string(),
+  kind: z.enum(['memory', 'filesystem']),
+  backend: z.enum(['qemu', 'namespace']),
+  image: z.string(),
+  imageId: z.string(),
+  memoryMiB: z.number(),
+  cpus: z.number(),
+  createdAt: z.string(),
+  source: z.string(),
+  bytes: z.number(),
+  env: z.record(z.string(), z.string()),
+});
 
 export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
   const typed = app.withTypeProvider<ZodTypeProvider>();
@@ -103,8 +150,7 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
     async (req, reply) => {
       const body = req.body ?? {};
       const s = await d.metrics.timeCreate(body.backend ?? 'auto', () => rt.createSandbox(body));
-      const found = foundOf(rt, s);
-      return reply.code(201).send({ ...summarize(found), accessToken: found.record.accessToken });
+      return reply.code(201).send(created(foundOf(rt, s)));
     },
   );
 
@@ -169,4 +215,79 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
       return { removed: await sandbox.unexpose(req.params.hostPort, req.params.proto) };
     },
   );
+
+  // ---- pause, snapshots, fork ----
+
+  typed.post(
+    '/v1/sandboxes/:id/pause',
+    { schema: { tags, params: IdParam, response: { 200: SandboxSummarySchema } } },
+    async (req) => {
+      const found = findSandbox(rt, req.params.id);
+      await rt.pause(found.sandbox.id);
+      return summarize(found);
+    },
+  );
+
+  typed.post(
+    '/v1/sandboxes/:id/resume',
+    { schema: { tags, params: IdParam, response: { 200: SandboxSummarySchema } } },
+    async (req) => {
+      const found = findSandbox(rt, req.params.id);
+      await rt.resume(found.sandbox.id);
+      return summarize(found);
+    },
+  );
+
+  typed.post(
+    '/v1/sandboxes/:id/snapshot',
+    {
+      schema: {
+        tags,
+        params: IdParam,
+        body: SnapshotOptionsSchema.optional(),
+        response: { 201: SnapshotInfoSchema.extend({ pauseMs: z.number() }) },
+      },
+    },
+    async (req, reply) => {
+      const { sandbox } = findSandbox(rt, req.params.id);
+      return reply.code(201).send(await rt.snapshot(sandbox.id, req.body ?? {}));
+    },
+  );
+
+  typed.post(
+    '/v1/sandboxes/:id/fork',
+    {
+      schema: { tags, params: IdParam, body: ForkBody, response: { 201: z.array(ForkEntrySchema) } },
+    },
+    async (req, reply) => {
+      const { sandbox } = findSandbox(rt, req.params.id);
+      const results = await rt.fork(sandbox.id, req.body);
+      const entries = results.map((r) => {
+        if (r.ok) {
+          // A child killed between its fork and this answer (its deadline) is an entry with that error.
+          const record = rt.record(r.sandbox.id);
+          if (record) return created({ sandbox: r.sandbox, record });
+          return {
+            error: { code: 'ERR_NO_SUCH_SANDBOX', message: `fork child ${r.sandbox.id} is gone already` },
+          };
+        }
+        return { error: { code: r.error.code, message: r.error.message, details: r.error.details } };
+      });
+      return reply.code(201).send(entries);
+    },
+  );
+
+  typed.get('/v1/snapshots', { schema: { tags, response: { 200: z.array(SnapshotInfoSchema) } } }, () =>
+    rt.snapshots(),
+  );
+
+  typed.delete('/v1/snapshots/:id', { schema: { tags, params: SnapshotParam } }, async (req, reply) => {
+    rt.removeSnapshot(req.params.id);
+    return reply.code(204).send();
+  });
+}
+
+/** A create's (or fork child's) answer: the summary and the token in-sandbox calls need on TCP. */
+function created(found: Found) {
+  return { ...summarize(found), accessToken: found.record.accessToken };
 }

@@ -11,6 +11,9 @@
  * that already said HELLO once) use short attempts, because a host that died
  * inside a frame leaves the agent taking our RESET as payload; closing and
  * redialing makes the guest see a detach (see AgentClient.connectVirtioSerial).
+ * A machine restored from a snapshot is such a later dial too — its agent
+ * still holds the session of the machine it was saved from — so it starts
+ * with short attempts that grow (its first HELLO normally takes tens of ms).
  */
 import { connect, type Socket } from 'node:net';
 import { AgentClient } from '../../../agent/client.js';
@@ -31,6 +34,8 @@ export interface DialOptions {
   timeoutMs: number;
   /** One handshake attempt's limit; default: all the time that is left. */
   attemptTimeoutMs?: number;
+  /** Double the attempt limit after each failed attempt (a restored machine: short first tries, never too short). */
+  growAttempts?: boolean;
   consoleTail: () => string;
   id: string;
 }
@@ -46,6 +51,8 @@ export async function dialAgent(opts: DialOptions): Promise<AgentClient> {
     current?.destroy();
   });
   let pause = 20;
+  let attemptMs = opts.attemptTimeoutMs;
+  let attempts = 0;
   let lastError: unknown;
   while (exit === undefined && Date.now() < deadline) {
     const left = deadline - Date.now();
@@ -59,8 +66,9 @@ export async function dialAgent(opts: DialOptions): Promise<AgentClient> {
       });
       const client = await AgentClient.connect(sock, {
         reset: opts.reset,
-        handshakeTimeoutMs: Math.max(1, Math.min(opts.attemptTimeoutMs ?? left, left)),
+        handshakeTimeoutMs: Math.max(1, Math.min(attemptMs ?? left, left)),
       });
+      attempts++;
       if (exit !== undefined) {
         client.close();
         break;
@@ -69,6 +77,8 @@ export async function dialAgent(opts: DialOptions): Promise<AgentClient> {
     } catch (err) {
       sock.destroy();
       lastError = err;
+      attempts++;
+      if (opts.growAttempts && attemptMs !== undefined) attemptMs *= 2;
       // A version mismatch will not fix itself.
       if (hasCode(err, 'ERR_AGENT_PROTOCOL')) throw err;
     }
@@ -80,7 +90,7 @@ export async function dialAgent(opts: DialOptions): Promise<AgentClient> {
   throw new VmError(
     VmErrorCode.BOOT_TIMEOUT,
     `no agent HELLO from machine ${opts.id} within ${opts.timeoutMs} ms ` +
-      `(last error: ${(lastError as Error | undefined)?.message ?? 'none'})${tailForMessage(opts.consoleTail())}`,
+      `after ${attempts} attempt(s) (last error: ${(lastError as Error | undefined)?.message ?? 'none'})${tailForMessage(opts.consoleTail())}`,
     { id: opts.id, timeoutMs: opts.timeoutMs, consoleTail: opts.consoleTail() },
   );
 }

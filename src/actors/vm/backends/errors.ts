@@ -17,6 +17,14 @@ export const VmErrorCode = {
   BOOT_TIMEOUT: 'ERR_VM_BOOT_TIMEOUT',
   /** QMP returned an error or the monitor connection failed. */
   QMP: 'ERR_QMP',
+  /** The call needs a running guest and this one is paused (resume it first). */
+  PAUSED: 'ERR_VM_PAUSED',
+  /** A namespace sandbox kept starting processes while being paused; it was resumed. */
+  PAUSE_FAILED: 'ERR_VM_PAUSE_FAILED',
+  /** A restored guest refused its new identity on both handoff paths. */
+  HANDOFF: 'ERR_VM_HANDOFF',
+  /** A namespace sandbox's writable layer could not be copied (writable-layer.ts). */
+  LAYER_CAPTURE: 'ERR_VM_LAYER_CAPTURE',
 } as const;
 
 export class VmError extends ActorvmError {}

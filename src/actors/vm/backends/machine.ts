@@ -54,6 +54,23 @@ export interface MachineSpec {
   diskMiB?: number;
   /** Start the machine's processes at this nice value (a pool's machine boots and idles in the background). */
   nice?: number;
+  /**
+   * Namespace backend: read-only layers stacked over the image, topmost
+   * first (a filesystem snapshot's writable layer). Their files belong to
+   * guest ids, as an image's do; whiteouts hide what lies below.
+   */
+  layers?: string[];
+  /**
+   * QEMU: resume this memory snapshot instead of booting — `state` is the
+   * device state (a migration stream saved with x-ignore-shared), `ram` the
+   * frozen guest RAM, mapped copy-on-write (it is never written).
+   */
+  restore?: MachineRestore;
+}
+
+export interface MachineRestore {
+  state: string;
+  ram: string;
 }
 
 export interface MachineExit {

@@ -10,7 +10,10 @@
  * theory of operation): one clone() into the new namespaces; guest ids
  * 0..65535 mapped to a host range of the sandbox's own (id-ranges.ts), never
  * host 0; the image mounted read-only through an idmapped mount as the lower
- * layer of an overlay whose upper layer is a tmpfs of `diskMiB`; proc with
+ * layer of an overlay whose upper layer is a tmpfs of `diskMiB` (with
+ * `spec.layers`, at most MAX_LAYERS host directories of guest-owned files,
+ * idmapped the same way, stacked between the two: a filesystem snapshot's
+ * captured writable layer); proc with
  * its host-wide knobs read-only or masked, sysfs read-only, a /dev with only
  * null, zero, full, random, urandom, tty, net/tun, pts and shm; pivot_root;
  * no_new_privs and a seccomp filter; then the agent, with an empty
@@ -19,11 +22,20 @@
  * Channels, as inherited fds of the launcher (and so of the agent):
  *   3  readiness: the agent writes "ready\n" once it serves (an event, no polling);
  *   4  the TAP relay's frame stream (our end made with net.connect, socket-pair.ts);
- *   5  the launcher's status: "pid N" once the sandbox's PID 1 exists (closed in the sandbox);
+ *   5  the launcher's status: "pid N upper 7" once the sandbox's PID 1 exists
+ *      and has handed the launcher its writable layer (closed in the sandbox);
  *   6  the lifeline: only we hold its other end; when it closes — however this
  *      process ends, SIGKILL included — the agent ends the pid namespace.
  * The agent protocol listens inside the sandbox on /run/actorvm/agent.sock;
  * the host reaches it through /proc/<pid>/root, so it can reconnect.
+ *
+ * The writable layer (the overlay's upper directory) is on a tmpfs that
+ * exists only inside the sandbox's mount namespace, off its detached old
+ * root; the launcher keeps an O_PATH fd of it (fd 7, named on the status
+ * line) and stays in the host's namespaces, so /proc/<launcher pid>/fd/7/
+ * leads the host to it — and nothing in the sandbox can reach that fd, the
+ * launcher being outside its pid namespace. captureWritableLayer() copies it
+ * from there (writable-layer.ts) into a directory that `layers` takes back.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -37,8 +49,15 @@ import { dialAgent } from './agent-dial.js';
 import { AgentSessions } from './agent-sessions.js';
 import { type CgroupSupport, createSandboxCgroup, detectCgroupSupport, removeCgroup } from './cgroup.js';
 import { ConsoleBuffer } from './console-buffer.js';
-import { BackendUnavailableError, tailForMessage, VmError, VmErrorCode, VmExitedError } from './errors.js';
-import { claimIdRange } from './id-ranges.js';
+import {
+  BackendUnavailableError,
+  tailForMessage,
+  VmError,
+  VmErrorCode,
+  VmExitedError,
+  VmSpecError,
+} from './errors.js';
+import { claimIdRange, isSameProcess, processStartTime } from './id-ranges.js';
 import { killQuietly, withNice } from './launcher.js';
 import {
   checkSpec,
@@ -51,9 +70,13 @@ import { watchMachineProcess } from './machine-process.js';
 import { clearRunDir, prepareRunDir, recordMachine } from './run-dir.js';
 import { connectedPair, type SocketPair } from './socket-pair.js';
 import { stopSequence } from './stop-sequence.js';
+import { type CaptureStats, copyWritableLayer } from './writable-layer.js';
 
 /** Where the agent listens, inside the sandbox. */
 export const NS_AGENT_SOCKET = '/run/actorvm/agent.sock';
+
+/** Read-only layers a sandbox may stack over its image (launch.c checks the same bound). */
+export const MAX_LAYERS = 16;
 
 export interface NamespaceOptions {
   /** cgroup v2 limits: 'auto' (default) uses them where available, 'off' never. */
@@ -70,6 +93,32 @@ export interface NamespaceMachine extends Machine {
   readonly cgroup?: string;
   /** The host ids guest ids 0..count-1 map to. */
   readonly ids: { base: number; count: number; slot: number };
+  /**
+   * Copies the sandbox's writable layer — every change it made to the image
+   * (and to its `layers`) — into `dest`, a new directory it creates (mode
+   * 0700; keep it under a directory only root can walk: it holds the guest's
+   * files under host ids 0..65535). Owners become guest ids, so `dest` can be
+   * a `layers` entry of any later sandbox. Pause the sandbox first: the copy
+   * is not atomic against running writers (one that changes an entry's type
+   * under it fails the capture). Throws ERR_VM_EXITED when the sandbox is
+   * gone, ERR_VM_LAYER_CAPTURE when the copy cannot be made (`dest` removed).
+   */
+  captureWritableLayer(dest: string): Promise<CaptureStats>;
+}
+
+/** The namespace-only parts of a spec; throws ERR_VM_SPEC. */
+function checkLayers(layers: MachineSpec['layers']): string[] {
+  if (layers === undefined) return [];
+  if (!Array.isArray(layers) || layers.length > MAX_LAYERS) {
+    throw new VmSpecError(`invalid machine spec: layers (at most ${MAX_LAYERS} directories)`);
+  }
+  for (const l of layers) {
+    // Absolute: the launcher must not resolve them against whatever its cwd is.
+    if (typeof l !== 'string' || !l.startsWith('/') || l.includes('\0')) {
+      throw new VmSpecError(`invalid machine spec: layer ${JSON.stringify(l)} (an absolute path)`);
+    }
+  }
+  return layers;
 }
 
 let cgroupSupport: Promise<CgroupSupport> | undefined;
@@ -159,6 +208,7 @@ export async function startNamespaceMachine(
   opts: NamespaceOptions = {},
 ): Promise<NamespaceMachine> {
   checkSpec(spec);
+  const layers = checkLayers(spec.layers);
   const log = spec.log;
   if (process.getuid?.() !== 0) {
     // Mapping a range of host ids and idmapping the image need host root (see launch.c).
@@ -208,6 +258,7 @@ export async function startNamespaceMachine(
     String(process.pid),
     ...(cgroupDir ? ['--cgroup', cgroupDir] : []),
     ...(opts.nestedUserns ? ['--nested-userns'] : []),
+    ...layers.flatMap((l) => ['--layer', l]),
     '--',
     ...agentArgv(spec),
   ];
@@ -278,11 +329,14 @@ export async function startNamespaceMachine(
     ids.release();
   };
 
-  // The launcher reports the host pid of the sandbox's PID 1 once it has handed it the image.
+  // The launcher reports the host pid of the sandbox's PID 1 once it has handed it the image
+  // and holds its writable layer (at the fd it names).
   let pid: number;
+  let upperFd: number;
+  let launcherStart: string | undefined;
   try {
     const line = await Promise.race([readLine(status), exited.then(() => undefined)]);
-    const m = line ? /^pid (\d+)$/.exec(line) : null;
+    const m = line ? /^pid (\d+) upper (\d+)$/.exec(line) : null;
     if (!m) {
       await new Promise((r) => setImmediate(r));
       throw new VmError(
@@ -292,6 +346,8 @@ export async function startNamespaceMachine(
       );
     }
     pid = Number(m[1]);
+    upperFd = Number(m[2]);
+    launcherStart = processStartTime(launcherPid);
     status.destroy();
     await recordMachine(spec.runDir, [launcherPid, pid]);
   } catch (err) {
@@ -304,10 +360,12 @@ export async function startNamespaceMachine(
     );
     throw err instanceof VmError
       ? err
-      : new VmError(VmErrorCode.BOOT_FAILED, `sandbox ${spec.id} did not start: ${(err as Error).message}`, {
-          id: spec.id,
-          consoleTail: consoleBuf.tail(),
-        });
+      : new VmError(
+          VmErrorCode.BOOT_FAILED,
+          // The launcher's stderr says why (a layer it could not open, say).
+          `sandbox ${spec.id} did not start: ${(err as Error).message}${tailForMessage(consoleBuf.tail())}`,
+          { id: spec.id, consoleTail: consoleBuf.tail() },
+        );
   }
   const agentSocket = `/proc/${pid}/root${NS_AGENT_SOCKET}`;
   // For people poking around: runDir/agent.sock leads to the agent.
@@ -402,5 +460,28 @@ export async function startNamespaceMachine(
       return sessions.add(client);
     },
     stop,
+    async captureWritableLayer(dest) {
+      // The launcher is our child: its pid is not reused before we see it exit. Its start time
+      // covers the moment between the kernel's reaping and that event (checked once the fd is open).
+      const running = (): boolean =>
+        proc.alive() && !!launcherStart && isSameProcess(launcherPid, launcherStart);
+      const notRunning = () =>
+        new VmError(VmErrorCode.EXITED, `sandbox ${spec.id} is not running: no writable layer to capture`, {
+          id: spec.id,
+        });
+      if (!running()) throw notRunning();
+      const t0 = performance.now();
+      const stats = await copyWritableLayer(`/proc/${launcherPid}/fd/${upperFd}`, dest, ids, () => {
+        if (!running()) throw notRunning();
+      }).catch((err: unknown) => {
+        // Whatever failed, a sandbox that ended meanwhile is the story.
+        throw running() ? err : notRunning();
+      });
+      log.info(
+        { event: 'vm.layer_captured', id: spec.id, ...stats, ms: Math.round(performance.now() - t0) },
+        `sandbox ${spec.id}: writable layer captured`,
+      );
+      return stats;
+    },
   };
 }

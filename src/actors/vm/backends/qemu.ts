@@ -39,6 +39,13 @@ import {
   type MachineSpec,
 } from './machine.js';
 import { watchMachineProcess } from './machine-process.js';
+import {
+  loadMemorySnapshot,
+  RAM_BACKEND_ID,
+  ramArgs,
+  type SavedSnapshot,
+  saveMemorySnapshot,
+} from './qemu-snapshot.js';
 import { QmpClient } from './qmp.js';
 import { clearRunDir, prepareRunDir } from './run-dir.js';
 import { connectedPair } from './socket-pair.js';
@@ -70,6 +77,18 @@ export interface QemuMachine extends Machine {
   readonly agentSocket: string;
   /** QEMU's full argv (for logs and docs). */
   readonly argv: readonly string[];
+  /** Started from a memory snapshot: paused until `resume()`. */
+  readonly restored: boolean;
+  /** Stops the vCPUs (QMP `stop`). */
+  pause(): Promise<void>;
+  /** Continues them (QMP `cont`). */
+  resume(): Promise<void>;
+  /** A memory snapshot into two files (qemu-snapshot.ts); `resume` continues the guest after it. */
+  saveSnapshot(
+    statePath: string,
+    ramPath: string,
+    opts: { resume: boolean; wasPaused: boolean },
+  ): Promise<SavedSnapshot>;
 }
 
 // x86's COMMAND_LINE_SIZE, and the kernel's limit on init's environment
@@ -151,9 +170,11 @@ export function qemuArgs(
     '-name', `actorvm-${spec.id}`,
     // microvm: no PCI, no firmware option ROMs; keep its default PIT/PIC/RTC
     // (turning the RTC off measured a second slower to boot under TCG).
-    '-M', 'microvm,x-option-roms=off',
+    '-M', `microvm,x-option-roms=off,memory-backend=${RAM_BACKEND_ID}`,
     ...accelArgs,
     '-m', String(spec.memoryMiB),
+    ...ramArgs(spec.memoryMiB, spec.restore?.ram),
+    ...(spec.restore ? ['-incoming', 'defer'] : []),
     '-smp', String(spec.cpus),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-kernel', spec.image.kernel,
@@ -170,6 +191,9 @@ export function qemuArgs(
     ...(opts.extraArgs ?? []),
   ];
 }
+
+/** A restored guest's first handshake attempt: its agent normally answers in tens of ms. */
+const RESTORED_FIRST_ATTEMPT_MS = 250;
 
 // sun_path holds 108 bytes including the NUL; QEMU refuses longer paths.
 const MAX_SUN_PATH = 107;
@@ -285,9 +309,29 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
           id: spec.id,
         });
   }
+  if (spec.restore) {
+    try {
+      await Promise.race([
+        loadMemorySnapshot(qmp, spec.restore.state),
+        exited.then((e) => {
+          throw new VmExitedError(spec.id, e, consoleBuf.tail(), 'while restoring its snapshot');
+        }),
+      ]);
+    } catch (err) {
+      killQuietly(pid, 'SIGKILL');
+      await exited;
+      await cleanup();
+      log.error({ event: 'vm.restore_failed', id: spec.id, err: (err as Error).message }, 'restore failed');
+      throw err instanceof VmError
+        ? err
+        : new VmError(VmErrorCode.BOOT_FAILED, `restoring ${spec.id}: ${(err as Error).message}`, {
+            id: spec.id,
+          });
+    }
+  }
   log.info(
     {
-      event: 'vm.process_started',
+      event: spec.restore ? 'vm.process_restored' : 'vm.process_started',
       id: spec.id,
       backend: 'qemu',
       accel,
@@ -306,6 +350,14 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
     qmp,
     agentSocket,
     argv: [qemu, ...args],
+    restored: spec.restore !== undefined,
+    async pause() {
+      await qmp.execute('stop');
+    },
+    async resume() {
+      await qmp.execute('cont');
+    },
+    saveSnapshot: (statePath, ramPath, sopts) => saveMemorySnapshot(qmp, pid, statePath, ramPath, sopts),
     consoleTail: (maxBytes) => consoleBuf.tail(maxBytes),
     async connectAgent(copts = {}) {
       const client = await dialAgent({
@@ -314,7 +366,8 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
         reset: true,
         exited,
         timeoutMs: copts.timeoutMs ?? DEFAULT_AGENT_TIMEOUT_MS,
-        attemptTimeoutMs: helloSeen ? 2_000 : undefined,
+        attemptTimeoutMs: helloSeen ? 2_000 : spec.restore ? RESTORED_FIRST_ATTEMPT_MS : undefined,
+        growAttempts: !helloSeen && spec.restore !== undefined,
         consoleTail: () => consoleBuf.tail(),
         onExit: (exit) => new VmExitedError(spec.id, exit, consoleBuf.tail(), 'before its agent answered'),
       });

@@ -16,6 +16,7 @@ import { fastifyConnectPlugin } from '@connectrpc/connect-fastify';
 import type { FastifyInstance } from 'fastify';
 import { Filesystem, Process } from '../../../protocol/envd/index.js';
 import { actorvmHome } from '../../../runtime/paths.js';
+import { DaemonError, DaemonErrorCode } from '../../errors.js';
 import type { Daemon } from '../../server.js';
 import { registerFileRoutes } from './files.js';
 import { filesystemService } from './filesystem-service.js';
@@ -37,9 +38,17 @@ export async function registerEnvdRoutes(app: FastifyInstance, d: Daemon): Promi
     },
   });
   await registerFileRoutes(app, d, join(actorvmHome(), 'run', 'uploads'));
-  // The SDK's isRunning(): 204 for a live sandbox, 502 for one that is gone (sandbox-of.ts).
+  // The SDK's isRunning(): 204 for a live sandbox, 502 for one that is gone (sandbox-of.ts) or paused
+  // (its in-sandbox API cannot answer until it is resumed, as on E2B).
   app.get('/health', { schema: { hide: true } }, async (req, reply) => {
-    if (req.headers[SANDBOX_HEADER] !== undefined) sandboxOf(d, req);
+    if (req.headers[SANDBOX_HEADER] !== undefined) {
+      const found = sandboxOf(d, req);
+      if (found.sandbox.state === 'paused') {
+        throw new DaemonError(DaemonErrorCode.SANDBOX_GONE, 'the sandbox is paused', {
+          sandboxId: req.headers[SANDBOX_HEADER],
+        });
+      }
+    }
     return reply.code(204).send();
   });
 }
