@@ -363,8 +363,18 @@ static int child_main(void *arg)
 
 	/* Still host uid 0 here: the only phase in which host paths can be walked. */
 	do_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
-	char opts[96];
-	snprintf(opts, sizeof(opts), "mode=0755,uid=0,gid=0,size=%um", l->disk_mib);
+	/*
+	 * nr_inodes bounds the files and directories as well as the bytes: empty
+	 * ones cost no tmpfs blocks, and a filesystem snapshot or fork recreates
+	 * every one of them on the host's disk, so without a bound a guest could
+	 * make a capture write millions of inodes there. 256 per MiB of disk
+	 * (1024 MiB: 262144), never fewer than 4096.
+	 */
+	unsigned long long inodes = (unsigned long long)l->disk_mib * 256;
+	if (inodes < 4096)
+		inodes = 4096;
+	char opts[128];
+	snprintf(opts, sizeof(opts), "mode=0755,uid=0,gid=0,size=%um,nr_inodes=%llu", l->disk_mib, inodes);
 	do_mount("actorvm-scratch", l->scratch, "tmpfs", MS_NOSUID | MS_NODEV, opts);
 	if (chdir(l->scratch) < 0)
 		die("chdir", l->scratch);

@@ -37,6 +37,8 @@ export const SandboxErrorCode = {
   SNAPSHOT_IMAGE_CHANGED: 'ERR_SNAPSHOT_IMAGE_CHANGED',
   /** Create options that a snapshot fixes (image, backend, memory, cpus) differ from the snapshot's. */
   SNAPSHOT_MISMATCH: 'ERR_SNAPSHOT_MISMATCH',
+  /** Writing, reading or removing a snapshot's files failed (disk full, no /dev/shm, a tampered file). */
+  SNAPSHOT_FAILED: VmErrorCode.SNAPSHOT_FAILED,
   /** One child of a fork could not be made (the cause's code is in `details.cause`); its siblings are unaffected. */
   FORK_CHILD_FAILED: 'ERR_FORK_CHILD_FAILED',
 } as const;

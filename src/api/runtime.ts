@@ -70,7 +70,16 @@ export interface RuntimeOptions {
   poolMemoryMiB?: number;
   /** Pool boots at once across all pools (default one per core). */
   poolBootConcurrency?: number;
+  /**
+   * How long a sandbox paused by its deadline (`onTimeout: 'pause'`) or by
+   * the E2B API stays before it is killed (default 30 min): a paused
+   * sandbox still holds its memory on this machine.
+   */
+  pausedTimeoutMs?: number;
 }
+
+/** Default of RuntimeOptions.pausedTimeoutMs. */
+export const DEFAULT_PAUSED_TIMEOUT_MS = 30 * 60_000;
 
 export interface ForwardOption {
   guestPort: number;
@@ -116,6 +125,8 @@ interface Entry {
   sandbox: Sandbox;
   record: SandboxRecord;
   machine: BootedMachine;
+  /** Pause, resume and snapshot of this sandbox, one at a time (the shards' freeze follows the guest's state). */
+  control: Promise<unknown>;
 }
 
 /** Network options that change the guest's addressing: a pooled machine cannot take them, so they boot cold. */
@@ -143,6 +154,8 @@ export class Runtime implements SandboxHost {
     private readonly defaultBackend: BackendChoice,
     private readonly lazyPools: RuntimeOptions['lazyPools'],
     poolLimits: { memoryMiB?: number; bootConcurrency?: number },
+    /** How long a sandbox paused by its deadline or the E2B API stays before it is killed. */
+    readonly pausedTimeoutMs: number,
   ) {
     this.factory = new SandboxFactory(
       system,
@@ -211,6 +224,7 @@ export class Runtime implements SandboxHost {
       opts.backend ?? 'auto',
       opts.lazyPools,
       { memoryMiB: opts.poolMemoryMiB, bootConcurrency: opts.poolBootConcurrency },
+      opts.pausedTimeoutMs ?? DEFAULT_PAUSED_TIMEOUT_MS,
     );
     system.on('escalation', (e: { actor: { id: number } }) => rt.onEscalation(e.actor.id));
     try {
@@ -306,7 +320,8 @@ export class Runtime implements SandboxHost {
       cpus: machine.cpus,
       metadata: Object.freeze({ ...o.metadata }),
       env: Object.freeze({ ...o.env }),
-      lifetime: new Lifetime(new Date(), () => this.expire(id, o.onTimeout ?? 'kill')),
+      lifetime: new Lifetime(new Date(), () => this.expire(id)),
+      onTimeout: o.onTimeout ?? 'kill',
       processes: new ProcessTable(this.system.log.child({ sandbox: id })),
       accessToken: randomBytes(20).toString('hex'),
       claim: o.claim,
@@ -319,7 +334,7 @@ export class Runtime implements SandboxHost {
       sandbox.state = state;
     };
     record.lifetime.set(o.timeoutMs);
-    this.entries.set(id, { sandbox, record, machine });
+    this.entries.set(id, { sandbox, record, machine, control: Promise.resolve() });
     if (o.claim) this.pools.bound(machine, o.ms);
     this.system.log.info(
       {
@@ -363,8 +378,14 @@ export class Runtime implements SandboxHost {
     }
     const { forwards = [], ...netOptions } = opts.network ?? {};
     const config = resolveNetConfig({ hostname: opts.hostname, ...netOptions });
-    const machine = await this.bootPlan(plan, config, opts.hostname, opts.bootTimeoutMs);
-    this.branching.adopt(machine.sandbox, machine.layers);
+    const unhold = this.branching.hold(plan.layers ?? []);
+    let machine: BootedMachine;
+    try {
+      machine = await this.bootPlan(plan, config, opts.hostname, opts.bootTimeoutMs);
+      this.branching.adopt(machine.sandbox, machine.layers);
+    } finally {
+      unhold();
+    }
     await this.addForwards(machine, forwards);
     return this.register(machine, {
       metadata: opts.metadata,
@@ -484,25 +505,36 @@ export class Runtime implements SandboxHost {
     return e;
   }
 
+  /** Runs `step` after this sandbox's earlier pause/resume/snapshot steps. */
+  private serial<T>(e: Entry, step: () => Promise<T>): Promise<T> {
+    const run = e.control.then(step, step);
+    e.control = run.catch(() => {});
+    return run;
+  }
+
   /** Stops the sandbox's guest; its flows are kept and their timers hold. Idempotent. */
-  async pause(id: number): Promise<void> {
+  pause(id: number): Promise<void> {
     const e = this.entry(id);
-    await this.net.freeze(id, true);
-    try {
-      await e.machine.vm.ask({ type: 'pause' });
-    } catch (err) {
-      await this.net.freeze(id, false).catch(() => {});
-      throw err;
-    }
-    this.system.log.info({ event: 'sandbox.paused', sandbox: id }, 'sandbox paused');
+    return this.serial(e, async () => {
+      await this.net.freeze(id, true);
+      try {
+        await e.machine.vm.ask({ type: 'pause' });
+      } catch (err) {
+        await this.net.freeze(id, false).catch(() => {});
+        throw err;
+      }
+      this.system.log.info({ event: 'sandbox.paused', sandbox: id }, 'sandbox paused');
+    });
   }
 
   /** Continues a paused sandbox. Idempotent. */
-  async resume(id: number): Promise<void> {
+  resume(id: number): Promise<void> {
     const e = this.entry(id);
-    await e.machine.vm.ask({ type: 'resume' });
-    await this.net.freeze(id, false);
-    this.system.log.info({ event: 'sandbox.resumed', sandbox: id }, 'sandbox resumed');
+    return this.serial(e, async () => {
+      await e.machine.vm.ask({ type: 'resume' });
+      await this.net.freeze(id, false);
+      this.system.log.info({ event: 'sandbox.resumed', sandbox: id }, 'sandbox resumed');
+    });
   }
 
   /** Writes a snapshot of the sandbox under the home (memory on QEMU, filesystem on namespace). */
@@ -512,18 +544,21 @@ export class Runtime implements SandboxHost {
   ): Promise<SnapshotInfo & { pauseMs: number }> {
     opts = checkOptions(SnapshotOptionsSchema, opts);
     const e = this.entry(id);
-    if (opts.stayPaused) await this.net.freeze(id, true);
-    try {
-      return await this.branching.snapshot(
-        e.machine,
-        e.record.key,
-        { ...e.record.env },
-        opts.stayPaused === true,
-      );
-    } catch (err) {
-      if (opts.stayPaused) await this.net.freeze(id, false).catch(() => {});
-      throw err;
-    }
+    return this.serial(e, async () => {
+      if (opts.stayPaused) await this.net.freeze(id, true);
+      try {
+        return await this.branching.snapshot(
+          e.machine,
+          e.record.key,
+          { ...e.record.env },
+          opts.stayPaused === true,
+        );
+      } catch (err) {
+        // The VM actor put the guest back as it was (running unless it had been paused): so do the shards.
+        if (opts.stayPaused && e.sandbox.state !== 'paused') await this.net.freeze(id, false).catch(() => {});
+        throw err;
+      }
+    });
   }
 
   /** Snapshots under this home, oldest first. */
@@ -552,11 +587,17 @@ export class Runtime implements SandboxHost {
       { event: 'sandbox.fork_started', sandbox: id, count: opts.count, backend: parent.machine.backend },
       'fork started',
     );
-    const plan = await this.branching.fork(parent.machine, opts);
+    const plan = await this.serial(parent, () => this.branching.fork(parent.machine, opts));
     const children = Array.from({ length: opts.count }, async (_, i): Promise<ForkResult> => {
       try {
-        const m = await this.bootPlan(plan.child, parent.machine.net, undefined);
-        this.branching.adopt(m.sandbox, m.layers);
+        const unhold = this.branching.hold(plan.child.layers ?? []);
+        let m: BootedMachine;
+        try {
+          m = await this.bootPlan(plan.child, parent.machine.net, undefined);
+          this.branching.adopt(m.sandbox, m.layers);
+        } finally {
+          unhold();
+        }
         const sandbox = this.register(m, {
           metadata: parent.record.metadata,
           env: parent.record.env,
@@ -644,11 +685,22 @@ export class Runtime implements SandboxHost {
     return e.record.lifetime.endAt;
   }
 
-  private expire(id: number, action: 'kill' | 'pause'): void {
+  /**
+   * A deadline: kill, or (onTimeout 'pause') pause and give the paused
+   * sandbox `pausedTimeoutMs` more before it is killed — a paused sandbox
+   * still holds its memory. One already paused is killed.
+   */
+  private expire(id: number): void {
+    const e = this.entries.get(id);
+    if (!e) return;
+    const action = e.record.onTimeout === 'pause' && e.sandbox.state !== 'paused' ? 'pause' : 'kill';
     this.system.log.info({ event: 'sandbox.expired', sandbox: id, action }, 'sandbox reached its deadline');
     if (action === 'pause') {
-      // A sandbox that cannot pause (it failed meanwhile) is killed: a deadline always frees the machine's CPU.
-      void this.pause(id).catch(() => this.kill(id).catch(() => {}));
+      // A sandbox that cannot pause (it failed meanwhile) is killed: a deadline always frees the machine.
+      void this.pause(id).then(
+        () => this.entries.get(id)?.record.lifetime.set(this.pausedTimeoutMs),
+        () => this.kill(id).catch(() => {}),
+      );
       return;
     }
     void this.kill(id).catch(() => {});

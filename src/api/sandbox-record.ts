@@ -23,6 +23,8 @@ export interface SandboxRecord {
   readonly accessToken: string;
   /** Set when the sandbox was claimed from a warm pool: which, whether a machine was idle (hit), and the create's ms. */
   readonly claim?: { readonly pool: string; readonly hit: boolean; readonly ms: number };
+  /** What its deadline does: kill it, or pause it (then it is killed `pausedTimeoutMs` later). */
+  readonly onTimeout: 'kill' | 'pause';
   /** The sandbox this one was forked from (its number). */
   readonly forkOf?: number;
   /** The snapshot this one was restored from. */

@@ -135,6 +135,7 @@ export const RuntimeOptionsSchema = z
     backend: Backend,
     pools: z.array(PoolConfigSchema).max(256),
     lazyPools: PoolSizingSchema,
+    pausedTimeoutMs: LifetimeMs,
     poolMemoryMiB: z
       .number()
       .int()

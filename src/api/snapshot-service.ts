@@ -24,11 +24,12 @@
  * the result, never its siblings' failure.
  */
 import diagnostics from 'node:diagnostics_channel';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import type { BootedMachine } from '../actors/vm/sandbox-factory.js';
 import type { VmRestore } from '../actors/vm/vm-actor.js';
+import { processTag, tagAlive } from '../runtime/process-tag.js';
 import { SandboxError, SandboxErrorCode } from './errors.js';
 import { type SnapshotInfo, SnapshotStore } from './snapshots.js';
 
@@ -71,12 +72,13 @@ export interface ForkPlan {
   settled(): void;
 }
 
-function pidAlive(pid: number): boolean {
+/** A file-system step of a snapshot or fork: its raw errno becomes ERR_SNAPSHOT_FAILED. */
+function fsStep<T>(what: string, fn: () => T): T {
   try {
-    process.kill(pid, 0);
-    return true;
+    return fn();
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    const e = err as NodeJS.ErrnoException;
+    throw new SandboxError(SandboxErrorCode.SNAPSHOT_FAILED, `${what}: ${e.message}`, { errno: e.code });
   }
 }
 
@@ -84,6 +86,8 @@ export class SnapshotService {
   readonly store: SnapshotStore;
   private readonly forkRoot: string;
   private nextFork = 1;
+  /** Keys of holds (boots under way): negative, so never a sandbox number. */
+  private nextHold = -1;
   /** A fork's namespace layer dir → the children running on it. */
   private readonly forkLayers = new Map<string, Set<number>>();
   /** Sandbox → the store snapshots whose layers it runs on. */
@@ -99,17 +103,15 @@ export class SnapshotService {
     this.sweepStale();
   }
 
-  /** Fork copies and layers of runtimes that died mid-fork (named by their pid). */
+  /** Fork copies and layers of runtimes that died (named by their process tag: pid and start time). */
   private sweepStale(): void {
-    const dead = (name: string, prefix: string): boolean => {
-      const pid = Number(name.slice(prefix.length).split('-')[0]);
-      return Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid);
-    };
+    // `<tag>-<rest>`: the owner is the tag; anything whose owner is not running is left over.
+    const dead = (name: string): boolean => !tagAlive(name.split('-')[0]);
     for (const name of readdirSync(this.forkRoot))
-      if (dead(name, '')) rmSync(join(this.forkRoot, name), { recursive: true, force: true });
+      if (dead(name)) rmSync(join(this.forkRoot, name), { recursive: true, force: true });
     try {
       for (const name of readdirSync(FORK_SHM))
-        if (name.startsWith(FORK_PREFIX) && dead(name, FORK_PREFIX))
+        if (name.startsWith(FORK_PREFIX) && dead(name.slice(FORK_PREFIX.length)))
           rmSync(join(FORK_SHM, name), { recursive: true, force: true });
     } catch {
       // no /dev/shm: QEMU forks will say so
@@ -123,7 +125,7 @@ export class SnapshotService {
     env: Record<string, string>,
     stayPaused: boolean,
   ): Promise<SnapshotInfo & { pauseMs: number }> {
-    const { id, dir } = this.store.begin();
+    const { id, dir } = fsStep('making the snapshot directory', () => this.store.begin());
     try {
       const r = JSON.parse(await m.vm.ask({ type: 'snapshot', dir, stayPaused }, { timeoutMs: 120_000 })) as {
         kind: 'memory' | 'filesystem';
@@ -153,7 +155,10 @@ export class SnapshotService {
       );
       return { ...info, pauseMs: r.pauseMs };
     } catch (err) {
-      this.store.abort(id);
+      // The snapshot's own error is the story; a partial directory that cannot go now is swept later.
+      try {
+        this.store.abort(id);
+      } catch {}
       throw err;
     }
   }
@@ -173,8 +178,10 @@ export class SnapshotService {
       memoryMiB: s.memoryMiB,
       cpus: s.cpus,
     };
+    const ram = join(s.path, 'ram');
     return s.kind === 'memory'
-      ? { ...base, restore: { state: join(s.path, 'state'), ram: join(s.path, 'ram') } }
+      ? // No `ram` file: `state` is a full-RAM stream (a snapshot of a machine itself restored).
+        { ...base, restore: { state: join(s.path, 'state'), ram: existsSync(ram) ? ram : undefined } }
       : {
           ...base,
           layers: Array.from({ length: s.layers ?? 1 }, (_, i) =>
@@ -204,17 +211,19 @@ export class SnapshotService {
       cpus: parent.cpus,
     };
     if (parent.backend === 'qemu') {
-      const dir = mkdtempSync(join(FORK_SHM, `${FORK_PREFIX}${process.pid}-`));
+      const dir = fsStep('making the fork copy directory', () =>
+        mkdtempSync(join(FORK_SHM, `${FORK_PREFIX}${processTag()}-`)),
+      );
       try {
         const r = JSON.parse(
           await parent.vm.ask({ type: 'snapshot', dir, stayPaused: false }, { timeoutMs: 60_000 }),
-        ) as { pauseMs: number };
+        ) as { pauseMs: number; fullRam?: boolean };
         return {
           child: {
             ...base,
             restore: {
               state: join(dir, 'state'),
-              ram: join(dir, 'ram'),
+              ram: r.fullRam ? undefined : join(dir, 'ram'),
               ackTimeoutMs: opts.ackTimeoutMs,
               dropHandoffAck: opts.dropHandoffAck,
             },
@@ -228,8 +237,8 @@ export class SnapshotService {
         throw err;
       }
     }
-    const dir = join(this.forkRoot, `${process.pid}-${this.nextFork++}`);
-    mkdirSync(dir, { mode: 0o700 });
+    const dir = join(this.forkRoot, `${processTag()}-${this.nextFork++}`);
+    fsStep('making the fork layer directory', () => mkdirSync(dir, { mode: 0o700 }));
     try {
       const r = JSON.parse(
         await parent.vm.ask({ type: 'snapshot', dir, stayPaused: false }, { timeoutMs: 120_000 }),
@@ -262,6 +271,18 @@ export class SnapshotService {
         ids.add(basename(dir));
       }
     }
+  }
+
+  /**
+   * Marks `layers` in use before a machine boots on them (the launcher
+   * mounts them as it starts: removing one then would empty it under the
+   * sandbox). Returns the release for a boot that failed, or for after
+   * `adopt` took over.
+   */
+  hold(layers: readonly string[]): () => void {
+    const key = this.nextHold--;
+    this.adopt(key, layers);
+    return () => this.release(key);
   }
 
   /** The sandbox is gone: fork layers no one runs on any more are removed. */

@@ -17,6 +17,7 @@
  * handoff tests run payloads through `actorvm-agent handoff-codec` and back
  * through this file, so the two cannot drift apart.
  */
+import { isIPv4, isIPv6 } from 'node:net';
 import { encodeNetConfig, type NetConfig } from './agent-messages.js';
 import { readTlv, TlvWriter, tlvStr, tlvU32 } from './agent-tlv.js';
 
@@ -45,7 +46,52 @@ export interface HandoffPayload {
   ackPort: number;
 }
 
+/*
+ * The identity's checks, as the agent makes them (guest/agent/proto.c
+ * net_field), so that the host never sends what the agent would refuse: a
+ * refused handoff is a child that never gets its identity.
+ */
+const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i;
+/** valid_hostname: 1..64 letters, digits, '-' and '.', in any order. */
+const HOSTNAME = /^[A-Za-z0-9.-]{1,64}$/;
+/** avm_parse_cidr; the prefix is required here (the agent would take a bare address as /32). */
+const CIDR = /^([0-9.]+)\/(0|[1-9][0-9]?)$/;
+/** AVM_MAX_DNS. */
+const MAX_DNS = 4;
+/** IFNAMSIZ less its NUL. */
+const MAX_IFNAME_BYTES = 15;
+
+const bad = (field: string, value: unknown): TypeError =>
+  new TypeError(`handoff: bad ${field} ${JSON.stringify(value)}`);
+
+/** An IPv4 address as the agent's inet_pton (musl) takes it: dotted quad, octets 0..255, no leading zeros. */
+const ipv4 = (s: unknown): boolean => typeof s === 'string' && isIPv4(s);
+
+/** Throws a TypeError naming the field the agent would refuse. */
+function checkIdentity(id: HandoffIdentity): void {
+  if (id.iface !== undefined) {
+    const n = typeof id.iface === 'string' ? Buffer.byteLength(id.iface) : 0;
+    if (n === 0 || n > MAX_IFNAME_BYTES || /[\0/]/.test(id.iface)) throw bad('iface', id.iface);
+  }
+  if (typeof id.mac !== 'string' || !MAC.test(id.mac)) throw bad('mac', id.mac);
+  const cidr = typeof id.address === 'string' ? CIDR.exec(id.address) : null;
+  if (!cidr || !ipv4(cidr[1]) || Number(cidr[2]) > 32) throw bad('address', id.address);
+  if (!ipv4(id.gateway)) throw bad('gateway', id.gateway);
+  if (typeof id.hostname !== 'string' || !HOSTNAME.test(id.hostname)) throw bad('hostname', id.hostname);
+  if (id.mtu !== undefined && (!Number.isInteger(id.mtu) || id.mtu < 68 || id.mtu > 65535))
+    throw bad('mtu', id.mtu);
+  if (id.dns !== undefined) {
+    if (!Array.isArray(id.dns) || id.dns.length > MAX_DNS) throw bad('dns', id.dns);
+    for (const d of id.dns) {
+      // IPv4 or IPv6 (no zone: inet_pton has none), in the agent's 46-byte buffer.
+      const ok = ipv4(d) || (typeof d === 'string' && d.length <= 45 && !d.includes('%') && isIPv6(d));
+      if (!ok) throw bad('dns', d);
+    }
+  }
+}
+
 export function encodeHandoff(p: HandoffPayload): Buffer {
+  checkIdentity(p.identity);
   if (p.nonce.length !== HANDOFF_NONCE_BYTES) throw new TypeError('handoff: the nonce must be 16 bytes');
   if (p.seed.length !== HANDOFF_SEED_BYTES) throw new TypeError('handoff: the seed must be 32 bytes');
   if (!Number.isInteger(p.ackPort) || p.ackPort < 0 || p.ackPort > 65535)

@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { agentBinaryPath } from '../../src/agent/local.js';
+import { encodeNetConfig } from '../../src/protocol/agent-messages.js';
 import { TlvWriter } from '../../src/protocol/agent-tlv.js';
 import {
   decodeHandoff,
@@ -46,6 +47,14 @@ function payload(
   };
 }
 
+/**
+ * A valid payload followed by identity fields the host would refuse to
+ * encode (the agent checks every field it is sent, a later one included).
+ */
+function withRaw(id: Partial<HandoffPayload['identity']>): Buffer {
+  return Buffer.concat([encodeHandoff(payload()), encodeNetConfig(id)]);
+}
+
 describe('handoff codec, host and agent', () => {
   const cases: [string, HandoffPayload][] = [
     ['a typical child', payload()],
@@ -75,8 +84,8 @@ describe('handoff codec, host and agent', () => {
         'no address',
         new TlvWriter().bytes(16, randomBytes(16)).bytes(17, randomBytes(32)).u64(18, 1).finish(),
       ],
-      ['bad MAC', encodeHandoff(payload({}, { mac: '52:54:00:zz:01:2a' }))],
-      ['bad hostname', encodeHandoff(payload({}, { hostname: 'bad host' }))],
+      ['bad MAC', withRaw({ mac: '52:54:00:zz:01:2a' })],
+      ['bad hostname', withRaw({ hostname: 'bad host' })],
       [
         'ack port out of range',
         Buffer.concat([encodeHandoff(payload({ ackPort: 0 })), new TlvWriter().u32(19, 70000).finish()]),
@@ -91,6 +100,60 @@ describe('handoff codec, host and agent', () => {
   });
 
   it('the host refuses to encode what the agent would refuse', () => {
+    // Each identity field the agent checks (proto.c net_field), refused by both, the host naming the field.
+    const refused: [string, Partial<HandoffPayload['identity']>][] = [
+      ['mac', { mac: '52:54:00:zz:01:2a' }],
+      ['mac', { mac: '52:54:00:00:01' }],
+      ['mac', { mac: '52-54-00-00-01-2a' }],
+      ['mac', { mac: '52:54:00:00:01:2a:ff' }],
+      ['address', { address: '10.0.2.256/24' }],
+      ['address', { address: '10.0.2.15/33' }],
+      ['address', { address: '10.0.2/24' }],
+      ['address', { address: '10.0.2.15/' }],
+      ['address', { address: '010.0.2.15/24' }],
+      ['address', { address: 'fd00::2/64' }],
+      ['gateway', { gateway: '10.0.2.300' }],
+      ['gateway', { gateway: 'gateway' }],
+      ['gateway', { gateway: '10.0.2.2/24' }],
+      ['hostname', { hostname: 'bad host' }],
+      ['hostname', { hostname: 'a'.repeat(65) }],
+      ['hostname', { hostname: '' }],
+      ['hostname', { hostname: 'sandbox_1' }],
+      ['hostname', { hostname: 'sändbox' }],
+      ['mtu', { mtu: 67 }],
+      ['mtu', { mtu: 65536 }],
+      ['dns', { dns: ['10.0.2.3', '1.1.1.1', '8.8.8.8', '9.9.9.9', '::1'] }],
+      ['dns', { dns: ['dns.example'] }],
+      ['dns', { dns: ['10.0.2.999'] }],
+      ['iface', { iface: 'eth/0' }],
+      ['iface', { iface: 'a'.repeat(16) }],
+    ];
+    for (const [field, id] of refused) {
+      const what = `${field} ${JSON.stringify(id)}`;
+      expect(() => encodeHandoff(payload({}, id)), what).toThrow(TypeError);
+      expect(() => encodeHandoff(payload({}, id)), what).toThrow(new RegExp(`handoff: bad ${field}\\b`));
+      const r = agentRoundTrip(withRaw(id));
+      expect(r.status, what).toBe(65);
+      expect(r.err, what).toMatch(/^BAD_REQUEST: /);
+    }
+    // The host is stricter in one place: a bare address (the agent would take it as /32).
+    expect(() => encodeHandoff(payload({}, { address: '10.0.2.15' }))).toThrow(/handoff: bad address/);
+    // The edges the agent accepts, the host encodes too (and they round-trip).
+    for (const id of [
+      { mac: '52:54:00:AB:cd:EF', address: '0.0.0.0/0', mtu: 68 },
+      { address: '255.255.255.255/32', mtu: 65535, hostname: 'a'.repeat(64) },
+      { hostname: '-x.', dns: ['10.0.2.3', '1.1.1.1', 'fd00::3', '::ffff:10.0.2.3'] },
+      { dns: [] },
+    ]) {
+      const p = payload({}, id);
+      const r = agentRoundTrip(encodeHandoff(p));
+      expect(r.err, JSON.stringify(id)).toBe('');
+      const back = decodeHandoff(r.out).identity;
+      // The agent re-encodes a MAC in lower case, and an empty DNS list as none.
+      const { dns, ...want } = { ...p.identity, mac: p.identity.mac.toLowerCase() };
+      expect(back, JSON.stringify(id)).toEqual(dns?.length ? { ...want, dns } : want);
+    }
+
     expect(() => encodeHandoff(payload({ nonce: randomBytes(8) }))).toThrow(/nonce/);
     expect(() => encodeHandoff(payload({ seed: randomBytes(31) }))).toThrow(/seed/);
     expect(() => encodeHandoff(payload({ ackPort: 65536 }))).toThrow(/port/);

@@ -10,6 +10,7 @@
  * deleteSnapshot round-trip, and bad requests are typed answers that leave
  * the daemon serving.
  */
+import { existsSync } from 'node:fs';
 import { NotFoundError, Sandbox } from 'e2b';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../support/wait.js';
@@ -67,6 +68,10 @@ describe('pause and connect', () => {
       const pausedAt = Date.now();
       expect(await sbx.pause()).toBe(true);
       expect(await stateOf(sbx.sandboxId)).toBe('paused');
+      // Paused in place, it still holds its memory: it gets the runtime's paused timeout (30 min), not forever.
+      const left = (await sbx.getInfo()).endAt.getTime() - Date.now();
+      expect(left).toBeGreaterThan(29 * 60_000);
+      expect(left).toBeLessThanOrEqual(30 * 60_000);
       expect(await listed('paused')).toContain(sbx.sandboxId);
       expect(await listed('running')).not.toContain(sbx.sandboxId);
       // A second pause: E2B's 409, which the SDK reads as "already paused".
@@ -136,12 +141,16 @@ describe('pause and connect', () => {
     const sbx = await Sandbox.create('base');
     try {
       await sbx.commands.run(COUNTER);
+      const pid = d.rt.sandbox(sbx.sandboxId)?.boot.pid as number;
+      expect(existsSync(`/proc/${pid}`)).toBe(true);
       await sbx.pause();
-      // Paused, it has no deadline (E2B keeps paused sandboxes until resumed or killed).
-      expect(d.rt.sandbox(sbx.sandboxId)?.endAt).toBeUndefined();
+      // Paused, it is killed after the runtime's paused timeout unless resumed (it still holds memory here).
+      expect(d.rt.sandbox(sbx.sandboxId)?.endAt).toBeInstanceOf(Date);
       expect(await sbx.kill()).toBe(true);
       await expect(Sandbox.getInfo(sbx.sandboxId)).rejects.toBeInstanceOf(NotFoundError);
       expect(d.rt.sandbox(sbx.sandboxId)).toBeUndefined();
+      // Its processes went with it, stopped or not.
+      await waitFor('the sandbox processes gone', () => !existsSync(`/proc/${pid}`));
     } finally {
       await killAll(sbx);
     }
@@ -152,8 +161,12 @@ describe('pause and connect', () => {
     try {
       await sbx.files.write('/tmp/kept', 'still here');
       await waitFor('the deadline to pause it', async () => (await stateOf(sbx.sandboxId)) === 'paused');
-      // Paused, not killed: it is still there, and still paused.
+      // Paused, not killed: it is still there, and still paused — for the paused timeout, then it goes.
       expect(await stateOf(sbx.sandboxId)).toBe('paused');
+      await waitFor(
+        'the paused timeout to be set',
+        async () => (await sbx.getInfo()).endAt.getTime() - Date.now() > 29 * 60_000,
+      );
       await sbx.connect({ timeoutMs: 300_000 });
       expect(await stateOf(sbx.sandboxId)).toBe('running');
       expect(await sbx.files.read('/tmp/kept')).toBe('still here');

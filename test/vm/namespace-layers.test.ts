@@ -165,6 +165,42 @@ describe.skipIf(!avail.ok)(`namespace layers${avail.ok ? '' : ` — skipped: ${a
     await c.stop();
   });
 
+  it('bounds the scratch tmpfs in inodes (256 per MiB of disk, at least 4096): empty files are not free', async () => {
+    const image = await baseImage();
+    const dir = tempDir();
+    const { log } = recordingLogger();
+    const m = await startNamespaceMachine(machineSpec(image, join(dir, 'run'), log, { diskMiB: 16 }));
+    onCleanup(() => m.stop({ graceMs: 0 }));
+    const agent = await m.connectAgent();
+    // The root overlay reports its upper layer's filesystem: the scratch tmpfs, 16 * 256 = 4096 inodes.
+    const df = (await sh(agent, 'df -i / | tail -1')).split(/\s+/);
+    expect(Number(df[1])).toBe(4096);
+    // Ten thousand empty files cost no blocks, but they run out of inodes. (`true`, not `:`: a failed
+    // redirection of a special builtin ends a POSIX shell before `|| exit 7` could run.)
+    const r = await agent.exec({
+      shell: 'i=0; while [ $i -lt 10000 ]; do true > /tmp/f$i || exit 7; i=$((i+1)); done',
+    });
+    expect(r.exitCode).toBe(7);
+    expect(r.stderr.toString()).toMatch(/No space left on device/);
+    const made = Number(await sh(agent, 'ls /tmp | grep -c "^f" || true'));
+    expect(made).toBeGreaterThan(3000);
+    expect(made).toBeLessThan(4096);
+    // Deleting gives them back.
+    await sh(agent, 'rm -f /tmp/f*; : > /tmp/again');
+    await m.stop();
+    // Scaled with the disk above the floor; the floor below it.
+    for (const [diskMiB, inodes] of [
+      [64, 16384],
+      [4, 4096],
+    ]) {
+      const o = await startNamespaceMachine(machineSpec(image, join(dir, `run${diskMiB}`), log, { diskMiB }));
+      onCleanup(() => o.stop({ graceMs: 0 }));
+      const total = (await sh(await o.connectAgent(), 'df -i / | tail -1')).split(/\s+/)[1];
+      expect(Number(total), `${diskMiB} MiB`).toBe(inodes);
+      await o.stop();
+    }
+  });
+
   it(`fails a capture deeper than ${MAX_DEPTH} directories, leaving no copy`, async () => {
     const image = await baseImage();
     const dir = tempDir();

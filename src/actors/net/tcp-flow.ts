@@ -200,6 +200,9 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
   private rto = RTO_MIN_MS;
   private rtoTimer: NodeJS.Timeout | undefined;
   private lastProgress = 0;
+  /** An RTO / idle check came due while the guest was frozen (thawed() arms it again). */
+  private rtoParked = false;
+  private idleParked = false;
   private synTries = 0;
   private lingerTimer: NodeJS.Timeout | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -636,14 +639,24 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
   thawed(pausedMs: number): void {
     this.lastActivity += pausedMs;
     if (this.lastProgress) this.lastProgress += pausedMs;
+    // Timers that came due while frozen were parked, not re-armed (no polling while paused).
+    if (this.state === 'closed') return;
+    if (this.rtoParked) {
+      this.rtoParked = false;
+      this.armRto();
+    }
+    if (this.idleParked) {
+      this.idleParked = false;
+      this.armIdle();
+    }
   }
 
   private onRto(): void {
     this.rtoTimer = undefined;
     if (this.state === 'closed') return;
     if (this.sb.frozen) {
-      // A paused guest cannot answer: no retransmit, no backoff, no SYN retry spent; look again later.
-      this.rtoTimer = setTimeout(() => this.onRto(), this.rto);
+      // A paused guest cannot answer: no retransmit, no backoff, no SYN retry spent; thawed() re-arms.
+      this.rtoParked = true;
       return;
     }
     if (this.state === 'syn_sent') {
@@ -696,9 +709,9 @@ export class TcpFlow extends FlowBase implements GuestPathWaiter {
     const idle = this.sb.config.tcpIdleTimeoutMs;
     const check = (): void => {
       const quiet = Date.now() - this.lastActivity;
-      // A paused guest is never idle; the check comes back (thawed() credits the pause).
-      if (quiet < idle || this.sb.frozen)
-        this.idleTimer = setTimeout(check, this.sb.frozen ? idle : idle - quiet);
+      // A paused guest is never idle: the check is parked until thawed() (which credits the pause).
+      if (this.sb.frozen) this.idleParked = true;
+      else if (quiet < idle) this.idleTimer = setTimeout(check, idle - quiet);
       else this.idleExpired();
     };
     this.idleTimer = setTimeout(check, idle);

@@ -79,6 +79,8 @@ export class UdpFlow extends FlowBase {
   readonly proto = 17;
   state: 'open' | 'closed' = 'open';
   private lastActivity = Date.now();
+  /** The idle check came due while the guest was frozen (thawed() arms it again). */
+  private idleParked = false;
   private idleTimer: NodeJS.Timeout | undefined;
   /** Datagrams from the guest before the host socket finished connecting (Node does not queue them). */
   private early: Buffer[] | undefined;
@@ -132,15 +134,20 @@ export class UdpFlow extends FlowBase {
   /** A paused guest ran again after `pausedMs`: that time was not idleness. */
   thawed(pausedMs: number): void {
     this.lastActivity += pausedMs;
+    // An idle check that came due while frozen was parked, not re-armed (no polling while paused).
+    if (this.idleParked && this.state !== 'closed') {
+      this.idleParked = false;
+      this.armIdle();
+    }
   }
 
   private armIdle(): void {
     const idle = this.sb.config.udpIdleTimeoutMs;
     const check = (): void => {
       const quiet = Date.now() - this.lastActivity;
-      // A paused guest is never idle; the check comes back (thawed() credits the pause).
-      if (quiet < idle || this.sb.frozen)
-        this.idleTimer = setTimeout(check, this.sb.frozen ? idle : idle - quiet);
+      // A paused guest is never idle: the check is parked until thawed() (which credits the pause).
+      if (this.sb.frozen) this.idleParked = true;
+      else if (quiet < idle) this.idleTimer = setTimeout(check, idle - quiet);
       else this.close('idle_timeout');
     };
     this.idleTimer = setTimeout(check, idle);

@@ -15,11 +15,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { processTag } from '../../runtime/process-tag.js';
 import type { NetConfig } from '../net/config.js';
 import type { BootedMachine, MachineRequest, SandboxFactory } from '../vm/sandbox-factory.js';
 
 /** Where fork copies live (a dead runtime's are swept by src/api/snapshot-service.ts, by this prefix). */
-const FORK_DIR_PREFIX = `/dev/shm/actorvm-fork-${process.pid}-pool-`;
+const FORK_DIR_PREFIX = `/dev/shm/actorvm-fork-${processTag()}-pool-`;
 
 interface TemplateFiles {
   dir: string;

@@ -41,7 +41,7 @@ import FlowShard from '../net/flow-shard.js';
 import { GuestNetwork } from '../net/guest-network.js';
 import { asBytes } from '../net/messages.js';
 import { VmErrorCode } from './backends/errors.js';
-import { freezeSandbox, thawSandbox } from './backends/freeze.js';
+import { cpuTicks, freezeSandbox, thawSandbox } from './backends/freeze.js';
 import type { Machine, MachineExit } from './backends/machine.js';
 import { type NamespaceMachine, startNamespaceMachine } from './backends/namespace.js';
 import { type QemuMachine, startQemuMachine } from './backends/qemu.js';
@@ -89,7 +89,8 @@ export interface VmArgs {
 
 export interface VmRestore {
   state: string;
-  ram: string;
+  /** The frozen RAM to map copy-on-write; absent: `state` is a full-RAM stream. */
+  ram?: string;
   /** Bound on the handoff ack before the fallback (default DEFAULT_ACK_TIMEOUT_MS). */
   ackTimeoutMs?: number;
   /** Test hook: the guest network drops the handoff ack, so the fallback wins. */
@@ -119,6 +120,8 @@ class VmActor implements Actor<VmMessage, string> {
   private observer: ActorRef<{ type: 'machine_state'; sandbox: number; state: string }, void> | undefined;
   /** How a restored machine took on its identity. */
   private handoff: HandoffOutcome | undefined;
+  /** The tail of the pause/resume/snapshot queue (control()). */
+  private controlChain: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly ctx: ActorContext<VmMessage>,
@@ -223,6 +226,16 @@ class VmActor implements Actor<VmMessage, string> {
     }
   }
 
+  /**
+   * Pause, resume and snapshot run one at a time, in arrival order: a resume
+   * (or another snapshot's `cont`) landing in the middle of a snapshot would
+   * let the guest run while its RAM is being copied, and the copy would not
+   * match its device state.
+   */
+  private control(step: () => Promise<void>): void {
+    this.controlChain = this.controlChain.then(step, step);
+  }
+
   /** The restored machine's handoff, prepared before its guest runs again (handoff.ts). */
   private prepareHandoff(r: VmRestore): Handoff {
     const a = this.args;
@@ -260,7 +273,7 @@ class VmActor implements Actor<VmMessage, string> {
         await (m as QemuMachine).pause();
         detail = 'vCPUs stopped';
       } else {
-        const f = freezeSandbox(m.pid);
+        const f = await freezeSandbox(m.pid);
         if (!f.complete) {
           thawSandbox(m.pid);
           throw new ActorvmError(
@@ -310,51 +323,80 @@ class VmActor implements Actor<VmMessage, string> {
       return;
     }
     try {
-      if (m.backend === 'qemu') {
-        const saved = await (m as QemuMachine).saveSnapshot(`${dir}/state`, `${dir}/ram`, {
-          resume: !stayPaused,
-          wasPaused,
-        });
-        if (stayPaused && !wasPaused) this.transition('paused', 'snapshot written, kept paused');
-        reply(JSON.stringify({ kind: 'memory', ...saved }));
-        return;
-      }
-      const t0 = performance.now();
-      if (!wasPaused && !freezeSandbox(m.pid).complete) {
-        thawSandbox(m.pid);
-        throw new ActorvmError(
-          VmErrorCode.PAUSE_FAILED,
-          'the sandbox kept starting processes while it was being stopped',
-        );
-      }
-      const captured = { files: 0, bytes: 0, layers: 1 };
-      try {
-        const top = await (m as NamespaceMachine).captureWritableLayer(`${dir}/layer`);
-        captured.files += top.files;
-        captured.bytes += top.bytes;
-        // The layers it runs on come along (copied: they may be a fork's, which go with its children),
-        // so the snapshot stands on the image alone.
-        for (const [i, layer] of (this.args.layers ?? []).entries()) {
-          const c = await copyWritableLayer(layer, `${dir}/layer${i + 1}`, GUEST_IDS);
-          captured.files += c.files;
-          captured.bytes += c.bytes;
-          captured.layers++;
-        }
-      } finally {
-        if (!wasPaused && !stayPaused) thawSandbox(m.pid);
-      }
+      const r =
+        m.backend === 'qemu'
+          ? await this.saveMemory(m as QemuMachine, dir, stayPaused, wasPaused)
+          : await this.saveLayers(m as NamespaceMachine, dir, stayPaused, wasPaused);
       if (stayPaused && !wasPaused) this.transition('paused', 'snapshot written, kept paused');
-      reply(
-        JSON.stringify({
-          kind: 'filesystem',
-          pauseMs: wasPaused ? 0 : performance.now() - t0,
-          files: captured.files,
-          bytes: captured.bytes,
-          layers: captured.layers,
-        }),
-      );
+      reply(JSON.stringify(r));
     } catch (err) {
       reply.error(err);
+    }
+  }
+
+  /**
+   * QEMU: device state + frozen RAM; a machine whose RAM is a private map of
+   * another snapshot's copy writes a full-RAM stream instead (qemu-snapshot.ts).
+   * On failure the guest runs again unless it was paused before.
+   */
+  private async saveMemory(m: QemuMachine, dir: string, stayPaused: boolean, wasPaused: boolean) {
+    const fullRam = this.args.restore?.ram !== undefined;
+    const saved = await m.saveSnapshot(`${dir}/state`, `${dir}/ram`, {
+      resume: !stayPaused,
+      wasPaused,
+      fullRam,
+    });
+    return { kind: 'memory', fullRam, ...saved };
+  }
+
+  /**
+   * Namespace: the writable layer, and copies of the layers it runs on
+   * (they may be a fork's, which go with its children), so the snapshot
+   * stands on the image alone. The sandbox is stopped throughout, and
+   * the copy is refused if any of its processes ran meanwhile (a pause by
+   * signals is not atomic: freeze.ts).
+   */
+  private async saveLayers(m: NamespaceMachine, dir: string, stayPaused: boolean, wasPaused: boolean) {
+    const t0 = performance.now();
+    if (!wasPaused && !(await freezeSandbox(m.pid)).complete) {
+      thawSandbox(m.pid);
+      throw new ActorvmError(
+        VmErrorCode.PAUSE_FAILED,
+        'the sandbox kept restarting its processes while being stopped',
+      );
+    }
+    let ok = false;
+    try {
+      const before = cpuTicks(m.pid);
+      const captured = { files: 0, bytes: 0, layers: 1 };
+      const top = await m.captureWritableLayer(`${dir}/layer`);
+      captured.files += top.files;
+      captured.bytes += top.bytes;
+      for (const [i, layer] of (this.args.layers ?? []).entries()) {
+        const c = await copyWritableLayer(layer, `${dir}/layer${i + 1}`, GUEST_IDS);
+        captured.files += c.files;
+        captured.bytes += c.bytes;
+        captured.layers++;
+      }
+      const after = cpuTicks(m.pid);
+      if (after.ticks !== before.ticks || after.processes !== before.processes) {
+        throw new ActorvmError(
+          VmErrorCode.PAUSE_FAILED,
+          'a process of the sandbox ran while its files were copied: the copy may be torn',
+          { before, after },
+        );
+      }
+      ok = true;
+      return {
+        kind: 'filesystem',
+        pauseMs: wasPaused ? 0 : performance.now() - t0,
+        files: captured.files,
+        bytes: captured.bytes,
+        layers: captured.layers,
+      };
+    } finally {
+      // Back as it was: running unless it was paused before or stays paused after a good snapshot.
+      if (!wasPaused && (!stayPaused || !ok)) thawSandbox(m.pid);
     }
   }
 
@@ -432,13 +474,13 @@ class VmActor implements Actor<VmMessage, string> {
         void this.agentOp(reply, (agent) => agent.netConfig({ hostname: msg.hostname }));
         return;
       case 'pause':
-        void this.pause(reply);
+        this.control(() => this.pause(reply));
         return;
       case 'resume':
-        void this.resume(reply);
+        this.control(() => this.resume(reply));
         return;
       case 'snapshot':
-        void this.snapshot(msg.dir, msg.stayPaused, reply);
+        this.control(() => this.snapshot(msg.dir, msg.stayPaused, reply));
         return;
       case 'unobserve':
         this.observer = undefined;

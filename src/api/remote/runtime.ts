@@ -56,7 +56,7 @@ import { defaultSocketPath } from '../../runtime/paths.js';
 import type { RingStats } from '../../runtime/ring.js';
 import type { SandboxOptions } from '../runtime.js';
 import { check, checkOptions, LifetimeMs, Metadata, SandboxOptionsSchema, SnapshotId } from '../schemas.js';
-import type { SnapshotInfo } from '../snapshots.js';
+import type { SnapshotSummary } from '../snapshots.js';
 import { Endpoint } from './endpoint.js';
 import { RemoteError, RemoteErrorCode } from './errors.js';
 import { type RpcClients, rpcClients } from './rpc.js';
@@ -204,7 +204,7 @@ export class RemoteRuntime {
   }
 
   /** Snapshots under the daemon's home, oldest first. */
-  snapshots(): Promise<SnapshotInfo[]> {
+  snapshots(): Promise<SnapshotSummary[]> {
     return this.endpoint.json('GET', '/v1/snapshots');
   }
 

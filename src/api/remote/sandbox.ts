@@ -25,7 +25,7 @@ import {
   SnapshotOptionsSchema,
   SpawnOptionsSchema,
 } from '../schemas.js';
-import type { SnapshotInfo } from '../snapshots.js';
+import type { SnapshotSummary } from '../snapshots.js';
 import { finishExec } from '../streams.js';
 import type { Endpoint } from './endpoint.js';
 import { fromConnect, RemoteError } from './errors.js';
@@ -395,10 +395,10 @@ export class RemoteSandbox {
    * leaves the sandbox paused after it. Restore it with
    * `createSandbox({ snapshot: id })`.
    */
-  async snapshot(opts: { stayPaused?: boolean } = {}): Promise<SnapshotInfo & { pauseMs: number }> {
+  async snapshot(opts: { stayPaused?: boolean } = {}): Promise<SnapshotSummary & { pauseMs: number }> {
     const body = checkOptions(SnapshotOptionsSchema, opts);
     this.live();
-    const info = await this.link.endpoint.json<SnapshotInfo & { pauseMs: number }>(
+    const info = await this.link.endpoint.json<SnapshotSummary & { pauseMs: number }>(
       'POST',
       `${this.path}/snapshot`,
       body,

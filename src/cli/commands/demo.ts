@@ -162,6 +162,40 @@ async function runSandboxDemo(opts: DemoOptions): Promise<void> {
       (t) => oneLine(t),
     );
 
+    await time(
+      'pause the sandbox and resume it',
+      async () => {
+        await sbx.pause();
+        await sbx.resume();
+      },
+      () => 'vCPUs or processes stopped, flows kept, running again',
+    );
+    await sbx.files.write('/root/branch.txt', 'written before the fork\n');
+    const forked = await time(
+      'fork it into 2 children',
+      () => sbx.fork({ count: 2 }),
+      (kids) =>
+        kids
+          .map((k) =>
+            k.ok
+              ? `sandbox ${k.sandbox.id} (${k.sandbox.restored}${k.sandbox.handoff ? `, handoff via ${k.sandbox.handoff.via} in ${k.sandbox.handoff.ms} ms` : ''})`
+              : k.error.code,
+          )
+          .join(', '),
+    );
+    const children = forked.flatMap((k) => (k.ok ? [k.sandbox] : []));
+    await time(
+      "read the parent's file in each child, then kill them",
+      async () => {
+        const texts = await Promise.all(
+          children.map(async (c) => (await c.files.read('/root/branch.txt')).toString()),
+        );
+        await Promise.all(children.map((c) => c.kill()));
+        return texts;
+      },
+      (texts) => texts.map((t) => oneLine(t)).join(' | '),
+    );
+
     if (opts.json) {
       printJson({ sandbox: sbx.id, backend: sbx.backend, boot: sbx.boot, steps });
     } else {

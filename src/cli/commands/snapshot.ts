@@ -6,7 +6,7 @@
  *   snapshot ls        one row per snapshot, oldest first: id, kind (memory:
  *                      QEMU, processes and all; filesystem: namespace, files
  *                      only), backend, image, memory, the sandbox it was
- *                      taken from, size on disk, when. --json: SnapshotInfo[].
+ *                      taken from, size on disk, when. --json: SnapshotSummary[].
  *   snapshot rm SNAP   removes one (ERR_SNAPSHOT_NOT_FOUND; ERR_SNAPSHOT_IN_USE
  *                      while a sandbox restored from it runs).
  *
@@ -14,11 +14,11 @@
  * ACTORVM_API_KEY).
  */
 import type { Command } from 'commander';
-import type { SnapshotInfo } from '../../api/snapshots.js';
+import type { SnapshotSummary } from '../../api/snapshots.js';
 import { type GlobalOptions, withClient } from '../context.js';
 import { formatBytes, printJson, printTable } from '../output.js';
 
-function printSnapshots(list: SnapshotInfo[]): void {
+function printSnapshots(list: SnapshotSummary[]): void {
   printTable(
     ['ID', 'KIND', 'BACKEND', 'IMAGE', 'MEMORY', 'SOURCE', 'SIZE', 'CREATED'],
     list.map((s) => [

@@ -21,10 +21,10 @@
  *   DELETE /v1/sandboxes/:id/forwards/:proto/:hostPort
  *   POST   /v1/sandboxes/:id/pause     stop the guest (idempotent); the summary
  *   POST   /v1/sandboxes/:id/resume    continue it (idempotent); the summary
- *   POST   /v1/sandboxes/:id/snapshot  write a snapshot ({stayPaused?}); its SnapshotInfo and pauseMs
+ *   POST   /v1/sandboxes/:id/snapshot  write a snapshot ({stayPaused?}); its SnapshotInfo (less env) and pauseMs
  *   POST   /v1/sandboxes/:id/fork      {count, timeoutMs?}: one entry per child, its summary
  *                                      (with access token) or {error: {code, message, details}}
- *   GET    /v1/snapshots              snapshots under the daemon's home, oldest first
+ *   GET    /v1/snapshots              snapshots under the daemon's home, oldest first (never their env)
  *   DELETE /v1/snapshots/:id          remove one (ERR_SNAPSHOT_NOT_FOUND, ERR_SNAPSHOT_IN_USE)
  *
  * `:id` is the sandbox number or its key. Creates (and fork children) answer
@@ -44,6 +44,7 @@ import {
   SandboxOptionsSchema,
   SnapshotOptionsSchema,
 } from '../../api/schemas.js';
+import { snapshotSummary } from '../../api/snapshots.js';
 import { DaemonError, DaemonErrorCode } from '../errors.js';
 import {
   type Found,
@@ -79,6 +80,7 @@ const ForkEntrySchema = z.union([
     }),
   }),
 ]);
+/** A snapshot as the routes show it: never the source's env (snapshotSummary). */
 const SnapshotInfoSchema = z.object({
   id: z.string(),
   kind: z.enum(['memory', 'filesystem']),
@@ -90,7 +92,7 @@ const SnapshotInfoSchema = z.object({
   createdAt: z.string(),
   source: z.string(),
   bytes: z.number(),
-  env: z.record(z.string(), z.string()),
+  layers: z.number().int().optional(),
 });
 
 export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
@@ -250,7 +252,7 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
     },
     async (req, reply) => {
       const { sandbox } = findSandbox(rt, req.params.id);
-      return reply.code(201).send(await rt.snapshot(sandbox.id, req.body ?? {}));
+      return reply.code(201).send(snapshotSummary(await rt.snapshot(sandbox.id, req.body ?? {})));
     },
   );
 
@@ -278,7 +280,7 @@ export function registerNativeRoutes(app: FastifyInstance, d: Daemon): void {
   );
 
   typed.get('/v1/snapshots', { schema: { tags, response: { 200: z.array(SnapshotInfoSchema) } } }, () =>
-    rt.snapshots(),
+    rt.snapshots().map(snapshotSummary),
   );
 
   typed.delete('/v1/snapshots/:id', { schema: { tags, params: SnapshotParam } }, async (req, reply) => {

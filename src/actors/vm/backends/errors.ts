@@ -23,6 +23,8 @@ export const VmErrorCode = {
   PAUSE_FAILED: 'ERR_VM_PAUSE_FAILED',
   /** A restored guest refused its new identity on both handoff paths. */
   HANDOFF: 'ERR_VM_HANDOFF',
+  /** A memory snapshot could not be written or loaded (the migration failed or hung, the RAM copy failed). */
+  SNAPSHOT_FAILED: 'ERR_SNAPSHOT_FAILED',
   /** A namespace sandbox's writable layer could not be copied (writable-layer.ts). */
   LAYER_CAPTURE: 'ERR_VM_LAYER_CAPTURE',
 } as const;

@@ -63,14 +63,15 @@ export interface MachineSpec {
   /**
    * QEMU: resume this memory snapshot instead of booting — `state` is the
    * device state (a migration stream saved with x-ignore-shared), `ram` the
-   * frozen guest RAM, mapped copy-on-write (it is never written).
+   * frozen guest RAM, mapped copy-on-write (it is never written). Without
+   * `ram`, `state` is a full-RAM stream (qemu-snapshot.ts).
    */
   restore?: MachineRestore;
 }
 
 export interface MachineRestore {
   state: string;
-  ram: string;
+  ram?: string;
 }
 
 export interface MachineExit {

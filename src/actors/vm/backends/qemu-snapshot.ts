@@ -23,6 +23,14 @@
  * x-ignore-shared is off, but received capability is on"). The source was
  * stopped when it saved, so the restored machine stays paused until `cont`:
  * the caller decides when the guest runs again.
+ *
+ * A restored machine's RAM is that private mapping, not a memfd: neither
+ * left out by x-ignore-shared nor copyable through /proc. Its own snapshots
+ * (a fork of a fork child) are therefore *full-RAM* streams — x-ignore-shared
+ * off, the RAM inside `state` (zero pages cost a flag), no `ram` file — and a
+ * machine restored from one gets a fresh shared memfd that the stream fills:
+ * it can be snapshotted the cheap way again. The price is a full RAM load per
+ * child instead of copy-on-write sharing.
  */
 import { execFile } from 'node:child_process';
 import { readdirSync, readlinkSync, statSync } from 'node:fs';
@@ -43,10 +51,25 @@ export function ramArgs(memoryMiB: number, restoreRam?: string): string[] {
   return ['-object', backend];
 }
 
-const MIGRATION_CAPS = [
-  { capability: 'x-ignore-shared', state: true },
+/** With `fullRam` the stream carries the RAM too (x-ignore-shared off). */
+const migrationCaps = (fullRam: boolean) => [
+  { capability: 'x-ignore-shared', state: !fullRam },
   { capability: 'events', state: true },
 ];
+
+/** Bound on one save or load step: a 58 KB stream and a RAM copy take tens of ms; this is a backstop. */
+const SAVE_TIMEOUT_MS = 60_000;
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new VmError(VmErrorCode.SNAPSHOT_FAILED, `${what}: no end within ${ms} ms`)),
+      ms,
+    );
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
 
 /** Shell-quotes a path for QEMU's `exec:` URIs (run by /bin/sh). */
 function sh(path: string): string {
@@ -97,32 +120,71 @@ export async function saveMemorySnapshot(
   qemuPid: number,
   statePath: string,
   ramPath: string,
-  opts: { resume: boolean; wasPaused: boolean },
+  opts: { resume: boolean; wasPaused: boolean; fullRam?: boolean },
 ): Promise<SavedSnapshot> {
   const t0 = performance.now();
   if (!opts.wasPaused) await qmp.execute('stop');
+  let ok = false;
   try {
-    await qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
+    await qmp.execute('migrate-set-capabilities', { capabilities: migrationCaps(opts.fullRam === true) });
     const done = migrationDone(qmp, 'saving the device state');
+    done.catch(() => {}); // awaited below, unless `migrate` itself is refused
     await qmp.execute('migrate', { uri: `exec:cat > ${sh(statePath)}` });
-    await done;
+    await withTimeout(done, SAVE_TIMEOUT_MS, 'saving the device state');
     // Holes stay holes: only pages the guest touched are copied.
-    await run('cp', ['--sparse=always', ramFdPath(qemuPid), ramPath]);
+    if (!opts.fullRam) {
+      await run('cp', ['--sparse=always', ramFdPath(qemuPid), ramPath], { timeout: SAVE_TIMEOUT_MS }).catch(
+        (err: Error) => {
+          throw new VmError(VmErrorCode.SNAPSHOT_FAILED, `copying the guest RAM: ${err.message}`);
+        },
+      );
+    }
+    ok = true;
   } finally {
-    if (opts.resume && !opts.wasPaused) await qmp.execute('cont').catch(() => {});
+    // Back as it was: running unless it was paused before or stays paused after a good snapshot.
+    if (!opts.wasPaused && (opts.resume || !ok)) await continueAfterMigration(qmp);
   }
   const pauseMs = opts.wasPaused ? 0 : performance.now() - t0;
   return {
     pauseMs,
     stateBytes: statSync(statePath).size,
-    ramBytes: statSync(ramPath).blocks * 512,
+    ramBytes: opts.fullRam ? 0 : statSync(ramPath).blocks * 512,
   };
 }
 
-/** Loads the device state of a QEMU started with `-incoming defer`; the machine stays paused. */
-export async function loadMemorySnapshot(qmp: QmpClient, statePath: string): Promise<void> {
-  await qmp.execute('migrate-set-capabilities', { capabilities: MIGRATION_CAPS });
+/**
+ * `cont` once the source has left `finish-migrate`: QEMU reports the
+ * migration `completed` before its cleanup moves the run state to
+ * `postmigrate`, and a `cont` in between is refused — which would leave the
+ * guest stopped for good. The wait is a few QMP round trips at most (no
+ * event marks the transition); a `cont` that still fails is the snapshot's
+ * error, never swallowed.
+ */
+async function continueAfterMigration(qmp: QmpClient): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const st = await qmp.execute<{ status: string }>('query-status');
+    if (st.status !== 'finish-migrate') break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  try {
+    await qmp.execute('cont');
+  } catch (err) {
+    throw new VmError(
+      VmErrorCode.SNAPSHOT_FAILED,
+      `the guest could not be continued after its snapshot: ${(err as Error).message}`,
+    );
+  }
+}
+
+/**
+ * Loads the device state of a QEMU started with `-incoming defer` (and, for
+ * a full-RAM stream, its RAM: into the machine's own memfd); the machine
+ * stays paused.
+ */
+export async function loadMemorySnapshot(qmp: QmpClient, statePath: string, fullRam = false): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: migrationCaps(fullRam) });
   const done = migrationDone(qmp, 'restoring the device state');
+  done.catch(() => {}); // awaited below, unless `migrate-incoming` itself is refused
   await qmp.execute('migrate-incoming', { uri: `exec:cat ${sh(statePath)}` });
-  await done;
+  await withTimeout(done, SAVE_TIMEOUT_MS, 'restoring the device state');
 }

@@ -87,7 +87,7 @@ export interface QemuMachine extends Machine {
   saveSnapshot(
     statePath: string,
     ramPath: string,
-    opts: { resume: boolean; wasPaused: boolean },
+    opts: { resume: boolean; wasPaused: boolean; fullRam?: boolean },
   ): Promise<SavedSnapshot>;
 }
 
@@ -312,7 +312,7 @@ export async function startQemuMachine(spec: MachineSpec, opts: QemuOptions = {}
   if (spec.restore) {
     try {
       await Promise.race([
-        loadMemorySnapshot(qmp, spec.restore.state),
+        loadMemorySnapshot(qmp, spec.restore.state, spec.restore.ram === undefined),
         exited.then((e) => {
           throw new VmExitedError(spec.id, e, consoleBuf.tail(), 'while restoring its snapshot');
         }),

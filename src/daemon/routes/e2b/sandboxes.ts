@@ -18,8 +18,10 @@
  *
  * Pause, connect (and the deprecated resume), fork and snapshots are the
  * Runtime's: pause → rt.pause (a second pause is 409, which the SDK reads as
- * "already paused"); a paused sandbox keeps no deadline, as E2B keeps paused
- * sandboxes until resumed or killed; connect on a paused one resumes it and
+ * "already paused"); a paused sandbox is killed after the runtime's
+ * `pausedTimeoutMs` (default 30 min) unless resumed — E2B keeps paused
+ * sandboxes longer, on disk, but here a paused one still holds its memory —
+ * and so is one auto-paused by its deadline; connect on a paused one resumes it and
  * gives it the timeout asked for (default 300 s), on a running one only
  * extends it; fork → rt.fork, one entry per child (the child, or an error
  * body); snapshots → rt.snapshot, listed by GET /snapshots and removed by
@@ -289,8 +291,9 @@ export function registerE2bRoutes(app: FastifyInstance, d: Daemon): void {
         });
       }
       await rt.pause(f.sandbox.id);
-      // A paused sandbox stays until it is resumed or killed (E2B's semantics): no deadline meanwhile.
-      rt.setTimeout(f.sandbox.id, undefined);
+      // E2B keeps a paused sandbox until it is resumed or killed; here it is paused in place and still
+      // holds its memory, so it gets the runtime's paused timeout (default 30 min) to be resumed in.
+      rt.setTimeout(f.sandbox.id, rt.pausedTimeoutMs);
       return reply.code(204).send();
     },
   );
