@@ -15,7 +15,16 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backendAvailable } from '../../src/actors/vm/backends/availability.js';
 import { connectRuntime, type RemoteRuntime } from '../../src/api/remote/index.js';
-import { ACTORCTL, actorctl, actorctlWith, type Served, startServe, testHome } from '../support/actorctl.js';
+import {
+  ACTORCTL,
+  actorctl,
+  actorctlJson,
+  actorctlWith,
+  errorOf,
+  type Served,
+  startServe,
+  testHome,
+} from '../support/actorctl.js';
 import { waitFor } from '../support/wait.js';
 
 const avail = await backendAvailable('namespace');
@@ -24,12 +33,7 @@ let d: Served;
 let rt: RemoteRuntime;
 
 const ctl = (...args: string[]) => actorctl(d.socket, ...args);
-const json = async <T = any>(...args: string[]): Promise<T> => {
-  const r = await ctl(...args, '--json');
-  if (r.code !== 0) throw new Error(`actorctl ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-};
-const errorOf = (r: { stderr: string }) => JSON.parse(r.stderr).error as { code: string; message: string };
+const json = <T = any>(...args: string[]): Promise<T> => actorctlJson<T>(d.socket, ...args);
 
 beforeAll(async () => {
   d = await startServe({ prefix: 'cli', listen: true });

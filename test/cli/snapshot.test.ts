@@ -13,19 +13,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backendAvailable } from '../../src/actors/vm/backends/availability.js';
 import { connectRuntime, type RemoteRuntime } from '../../src/api/remote/index.js';
 import type { SnapshotInfo } from '../../src/api/snapshots.js';
-import { actorctl, type Served, startServe } from '../support/actorctl.js';
+import { actorctl, actorctlJson, errorOf, type Served, startServe } from '../support/actorctl.js';
 
 const avail = await backendAvailable('namespace');
 let d: Served;
 let rt: RemoteRuntime;
 
 const ctl = (...args: string[]) => actorctl(d.socket, ...args);
-const json = async <T = any>(...args: string[]): Promise<T> => {
-  const r = await ctl(...args, '--json');
-  if (r.code !== 0) throw new Error(`actorctl ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-};
-const errorOf = (r: { stderr: string }) => JSON.parse(r.stderr).error as { code: string; message: string };
+const json = <T = any>(...args: string[]): Promise<T> => actorctlJson<T>(d.socket, ...args);
 const exec = async (id: number | string, cmd: string) => ctl('vm', 'exec', String(id), '--', cmd);
 
 beforeAll(async () => {

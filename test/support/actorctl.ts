@@ -33,6 +33,17 @@ export async function actorctl(socket: string, ...args: string[]): Promise<CliRe
 }
 
 /** Runs actorctl with extra environment (ACTORVM_HOME, ACTORVM_API_KEY, …) and `input` on its stdin. */
+/** `actorctl … --json` against a daemon: the parsed stdout, or a thrown error with stderr. */
+export async function actorctlJson<T = any>(socket: string, ...args: string[]): Promise<T> {
+  const r = await actorctl(socket, ...args, '--json');
+  if (r.code !== 0) throw new Error(`actorctl ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+/** The typed error a failed `actorctl … --json` printed on stderr. */
+export const errorOf = (r: { stderr: string }) =>
+  JSON.parse(r.stderr).error as { code: string; message: string };
+
 export function actorctlWith(
   opts: { env?: Record<string, string>; input?: string; timeoutMs?: number },
   ...args: string[]
