@@ -513,7 +513,7 @@ export class Runtime implements SandboxHost {
   }
 
   /** Stops the sandbox's guest; its flows are kept and their timers hold. Idempotent. */
-  pause(id: number): Promise<void> {
+  async pause(id: number): Promise<void> {
     const e = this.entry(id);
     return this.serial(e, async () => {
       await this.net.freeze(id, true);
@@ -528,7 +528,7 @@ export class Runtime implements SandboxHost {
   }
 
   /** Continues a paused sandbox. Idempotent. */
-  resume(id: number): Promise<void> {
+  async resume(id: number): Promise<void> {
     const e = this.entry(id);
     return this.serial(e, async () => {
       await e.machine.vm.ask({ type: 'resume' });

@@ -25,12 +25,6 @@ export const DaemonErrorCode = {
   NO_ROUTE: 'ERR_DAEMON_NO_ROUTE',
   /** The body is larger than the route accepts. */
   TOO_LARGE: 'ERR_DAEMON_BODY_TOO_LARGE',
-  /**
-   * A feature the API names but actorvm does not (yet) offer. Nothing answers
-   * it at present (pause, resume, snapshots and fork are implemented); kept
-   * for the next route that is named before it exists.
-   */
-  NOT_IMPLEMENTED: 'ERR_DAEMON_NOT_IMPLEMENTED',
   /** E2B's (deprecated) resume of a sandbox that is not paused: E2B answers 409 "already running". */
   NOT_PAUSED: 'ERR_DAEMON_NOT_PAUSED',
   /** An in-sandbox call without the E2b-Sandbox-Id header. */
@@ -59,7 +53,6 @@ const STATUS: Record<string, number> = {
   [DaemonErrorCode.BAD_REQUEST]: 400,
   [DaemonErrorCode.NO_ROUTE]: 404,
   [DaemonErrorCode.TOO_LARGE]: 413,
-  [DaemonErrorCode.NOT_IMPLEMENTED]: 409,
   [DaemonErrorCode.NOT_PAUSED]: 409,
   [DaemonErrorCode.NO_SANDBOX_HEADER]: 400,
   [DaemonErrorCode.SANDBOX_GONE]: 502,

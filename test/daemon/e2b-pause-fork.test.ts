@@ -13,6 +13,7 @@
 import { existsSync } from 'node:fs';
 import { NotFoundError, Sandbox } from 'e2b';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stateOf as processState, sandboxProcesses } from '../../src/actors/vm/backends/freeze.js';
 import { waitFor } from '../support/wait.js';
 import { startTestDaemon, type TestDaemon } from './fixtures/daemon.js';
 
@@ -64,9 +65,12 @@ describe('pause and connect', () => {
       await sbx.commands.run(COUNTER);
       await waitFor('the counter to run', async () => (await counter(sbx)) >= 3);
 
-      const before = await counter(sbx);
-      const pausedAt = Date.now();
+      const init = d.rt.sandbox(sbx.sandboxId)?.boot.pid as number;
       expect(await sbx.pause()).toBe(true);
+      // Every process of the sandbox, its agent included, is stopped (read from the host's /proc).
+      await waitFor('every sandbox process stopped', () =>
+        sandboxProcesses(init).every((pid) => ['T', 'Z', undefined].includes(processState(pid))),
+      );
       expect(await stateOf(sbx.sandboxId)).toBe('paused');
       // Paused in place, it still holds its memory: it gets the runtime's paused timeout (30 min), not forever.
       const left = (await sbx.getInfo()).endAt.getTime() - Date.now();
@@ -79,8 +83,6 @@ describe('pause and connect', () => {
       // Commands need a running sandbox, and the SDK's health check says it is not running.
       await expect(sbx.commands.run('true')).rejects.toThrow(/paused/);
       expect(await sbx.isRunning()).toBe(false);
-      // The deliberate pause being measured.
-      await new Promise((r) => setTimeout(r, 1000));
 
       const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 120_000 });
       const info = await again.getInfo();
@@ -90,17 +92,12 @@ describe('pause and connect', () => {
       expect(info.endAt.getTime() - Date.now()).toBeLessThanOrEqual(120_000);
       expect((await again.commands.run('echo back')).stdout).toBe('back\n');
       expect(await again.isRunning()).toBe(true);
+      // And its processes run again.
+      expect(sandboxProcesses(init).some((pid) => !['T', 'Z', undefined].includes(processState(pid)))).toBe(
+        true,
+      );
       const after = await counter(again);
-      const pausedMs = Date.now() - pausedAt;
-      expect(pausedMs).toBeGreaterThanOrEqual(1000);
-
-      // How fast it counts when it runs: the next 10 steps, timed.
-      const t0 = Date.now();
-      await waitFor('the counter to run again', async () => (await counter(again)) >= after + 10);
-      const perSecond = 10 / ((Date.now() - t0) / 1000);
-      // Across the pause it advanced by far less than the second it was paused would have given
-      // (what it did advance is the moments around the pause and resume calls).
-      expect(after - before).toBeLessThan(perSecond * 0.5);
+      await waitFor('the counter to run again', async () => (await counter(again)) > after);
     } finally {
       await killAll(sbx);
     }

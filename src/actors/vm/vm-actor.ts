@@ -492,11 +492,7 @@ class VmActor implements Actor<VmMessage, string> {
       // Not ready (or gone): the operation fails at once, through the sink like any result.
       const id = (msg as { id?: number }).id;
       if (id !== undefined && msg.type !== 'ack' && msg.type !== 'input') {
-        const err =
-          this.failure ??
-          (this.state === 'paused'
-            ? new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first')
-            : new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
+        const err = this.refusal() ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`);
         this.sink.tell({
           type: 'done',
           id,
@@ -548,17 +544,20 @@ class VmActor implements Actor<VmMessage, string> {
     }
   }
 
+  /** Why no operation can start now (paused, not ready, failed), or undefined when one can. */
+  private refusal(): ActorvmError | undefined {
+    if (this.state === 'paused')
+      return new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first');
+    if (!this.agent)
+      return this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`);
+    return undefined;
+  }
+
   /** A file operation with no result but success: replies '{}' or the error. */
   private async agentOp(reply: Reply<string>, run: (agent: AgentClient) => Promise<void>): Promise<void> {
-    const agent = this.agent;
-    if (this.state === 'paused') {
-      reply.error(new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first'));
-      return;
-    }
-    if (!agent) {
-      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
-      return;
-    }
+    const refused = this.refusal();
+    if (refused) return reply.error(refused);
+    const agent = this.agent as AgentClient;
     try {
       await run(agent);
       reply('{}');
@@ -568,15 +567,9 @@ class VmActor implements Actor<VmMessage, string> {
   }
 
   private async fsOp(op: string, path: string, mode: number, reply: Reply<string>): Promise<void> {
-    const agent = this.agent;
-    if (this.state === 'paused') {
-      reply.error(new ActorvmError(VmErrorCode.PAUSED, 'the sandbox is paused: resume it first'));
-      return;
-    }
-    if (!agent) {
-      reply.error(this.failure ?? new ActorvmError('ERR_VM_NOT_READY', `the sandbox is ${this.state}`));
-      return;
-    }
+    const refused = this.refusal();
+    if (refused) return reply.error(refused);
+    const agent = this.agent as AgentClient;
     try {
       if (op === 'stat') reply(JSON.stringify(await agent.stat(path)));
       else if (op === 'list') reply(JSON.stringify(await agent.list(path)));
