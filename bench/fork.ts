@@ -26,22 +26,12 @@ import diagnostics from 'node:diagnostics_channel';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { backendAvailable } from '../src/actors/vm/backends/availability.js';
-import { probeAccel } from '../src/actors/vm/backends/kvm-probe.js';
 import { Runtime } from '../src/api/runtime.js';
 import type { ForkResult, Sandbox } from '../src/api/sandbox.js';
 import type { ForkEvent } from '../src/api/snapshot-service.js';
-import { flag, median, percentile, printTable, round } from './_stats.js';
+import { count, flag, median, percentile, printTable, round, usableBackends } from './_stats.js';
 
 const GUEST_MIB = 256;
-
-function count(argv: string[], name: string, dflt: number): number {
-  const i = argv.indexOf(name);
-  if (i < 0) return dflt;
-  const v = Number(argv[i + 1]);
-  if (!Number.isInteger(v) || v < 0) throw new Error(`${name} wants a non-negative integer`);
-  return v;
-}
 
 function ok(results: ForkResult[]): Sandbox[] {
   return results.map((r, i) => {
@@ -78,13 +68,7 @@ export async function run(argv: string[]): Promise<void> {
   const rt = await Runtime.start({ home, log: { level: 'warn', file: join(home, 'actorvm.log') } });
   try {
     await rt.images.ensure('base');
-    for (const backend of backends as ('qemu' | 'namespace')[]) {
-      const avail = await backendAvailable(backend);
-      if (!avail.ok) {
-        log(`… ${backend}: unavailable (${avail.reason}), skipped`);
-        continue;
-      }
-      const name = backend === 'qemu' ? `qemu-${await probeAccel()}` : 'namespace';
+    for (const { backend, label: name } of await usableBackends(backends)) {
       const nCold = count(argv, backend === 'qemu' ? '--cold' : '--ns-cold', backend === 'qemu' ? 3 : 20);
       const nForks = count(argv, backend === 'qemu' ? '--forks' : '--ns-forks', backend === 'qemu' ? 10 : 20);
       const nPauses = count(argv, '--pauses', 20);

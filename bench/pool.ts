@@ -46,7 +46,7 @@ import { backendAvailable } from '../src/actors/vm/backends/availability.js';
 import { probeAccel } from '../src/actors/vm/backends/kvm-probe.js';
 import { type BootedMachine, machineChannel } from '../src/actors/vm/sandbox-factory.js';
 import { Runtime } from '../src/api/runtime.js';
-import { flag, percentile, printTable, round } from './_stats.js';
+import { count, flag, percentile, printTable, round } from './_stats.js';
 
 const IMAGE = 'base';
 /** The command each sample runs (a shell command: /bin/sh -c in the guest). */
@@ -584,14 +584,6 @@ async function idleMemory(
 }
 
 // ---- the run -----------------------------------------------------------------------------
-
-function count(argv: string[], name: string, fallback: number): number {
-  const i = argv.indexOf(name);
-  if (i < 0) return fallback;
-  const v = Number(argv[i + 1]);
-  if (!Number.isInteger(v) || v < 0) throw new Error(`${name} takes a whole number, got '${argv[i + 1]}'`);
-  return v;
-}
 
 async function modesFor(argv: string[]): Promise<Mode[]> {
   const i = argv.indexOf('--backends');

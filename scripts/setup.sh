@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # CI, the demo and a developer machine agree. (bsdutils: `script`, which drives the PTY tests.)
 PACKAGES="build-essential musl-tools clang libclang-rt-14-dev busybox-static
 linux-image-cloud-amd64 qemu-system-x86 qemu-utils iproute2 iperf3 slirp4netns
-passt dnsmasq-base cpio kmod util-linux procps bsdutils"
+passt dnsmasq-base cpio kmod util-linux procps bsdutils zstd e2fsprogs"
 
 missing=""
 for p in $PACKAGES; do

@@ -264,12 +264,16 @@ struct init_config {
 	bool net_given;
 	char modules[1024];
 	char vport_name[64];
+	char root[64]; /* actorvm.root: a read-only root disk to switch to (rootdisk.c) */
 };
 void init_mounts(void);
 void init_read_cmdline(struct init_config *cfg);
 void init_load_modules(const char *list);
 void init_network(const struct net_settings *ns);
 void power_off(uint8_t action) __attribute__((noreturn));
+
+/* rootdisk.c */
+int init_switch_root(const char *dev);
 
 /* tap.c */
 struct tap_config {

@@ -86,6 +86,8 @@ static void apply_key(struct init_config *cfg, const char *key, const char *val,
 		ok = vl > 0 && copy_value(ns->ifname, sizeof(ns->ifname), val, vl);
 	} else if (strcmp(key, "modules") == 0) {
 		ok = copy_value(cfg->modules, sizeof(cfg->modules), val, vl);
+	} else if (strcmp(key, "root") == 0) {
+		ok = strncmp(val, "/dev/", 5) == 0 && copy_value(cfg->root, sizeof(cfg->root), val, vl);
 	} else if (strcmp(key, "port") == 0) {
 		ok = vl > 0 && copy_value(cfg->vport_name, sizeof(cfg->vport_name), val, vl);
 	} else if (strcmp(key, "debug") == 0) {
@@ -96,7 +98,7 @@ static void apply_key(struct init_config *cfg, const char *key, const char *val,
 	}
 	if (!ok)
 		logmsg("ignoring bad value for actorvm.%s", key);
-	else if (strcmp(key, "modules") && strcmp(key, "port") && strcmp(key, "debug"))
+	else if (strcmp(key, "modules") && strcmp(key, "port") && strcmp(key, "debug") && strcmp(key, "root"))
 		cfg->net_given = true;
 }
 

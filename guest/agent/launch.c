@@ -263,8 +263,17 @@ static void do_mount(const char *src, const char *dst, const char *type, unsigne
 		die("mount", dst);
 }
 
+/* The sandbox's mount points, in its root before pivot_root: resolved while
+ * the host's / is still ours, so a symlink there (from an image, or from a
+ * snapshot's captured layer: the sandbox could have made one) would send the
+ * mount or the directory to a host path. Whatever is not a directory is
+ * removed first (a whiteout in the sandbox's own upper layer). Callers make
+ * parents before children, so every component is checked. */
 static void mkdir_p1(const char *path, mode_t mode)
 {
+	struct stat st;
+	if (lstat(path, &st) == 0 && !S_ISDIR(st.st_mode) && unlink(path) < 0)
+		die("unlink", path);
 	if (mkdir(path, mode) < 0 && errno != EEXIST)
 		die("mkdir", path);
 }

@@ -584,6 +584,13 @@ int main(int argc, char **argv)
 		init_load_modules(cfg.modules);
 		milestone("modules_loaded");
 	}
+	/* Without its root the guest has no shell to run; power off so the host
+	 * sees a failed boot at once instead of waiting out its timeout. */
+	if (A.is_init && cfg.root[0]) {
+		if (init_switch_root(cfg.root) < 0)
+			power_off(0);
+		milestone("root_switched");
+	}
 	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0);
 	if (o.net_given) {
 		overlay_net(&cfg.net, &o.net);

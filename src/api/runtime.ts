@@ -59,6 +59,8 @@ export interface RuntimeOptions {
   workers?: number;
   /** State directory (images, run files, log); default ACTORVM_HOME or ~/.actorvm. */
   home?: string;
+  /** Where the image store lives, when not under `home` (several runtimes sharing one store). */
+  imagesHome?: string;
   log?: { level?: LevelWithSilent; file?: string };
   /** Backend when a sandbox does not name one: 'auto' = QEMU when KVM works, else namespaces. */
   backend?: BackendChoice;
@@ -210,7 +212,7 @@ export class Runtime implements SandboxHost {
       system.log.info({ event: 'runtime.stale_cleaned', ...stale }, 'cleaned up after a dead runtime');
     const net = await NetworkService.start(system);
     const imagePool = createImagePool();
-    const images = new ImageStore({ home, pool: imagePool, log: system.log });
+    const images = new ImageStore({ home: opts.imagesHome ?? home, pool: imagePool, log: system.log });
     const registry = new SinkRegistry();
     const sink = await system.spawnLocal(SinkKind, { registry }, { name: 'sandbox-sink' });
     const rt = new Runtime(
@@ -320,6 +322,7 @@ export class Runtime implements SandboxHost {
       cpus: machine.cpus,
       metadata: Object.freeze({ ...o.metadata }),
       env: Object.freeze({ ...o.env }),
+      workdir: machine.workdir,
       lifetime: new Lifetime(new Date(), () => this.expire(id)),
       onTimeout: o.onTimeout ?? 'kill',
       processes: new ProcessTable(this.system.log.child({ sandbox: id })),

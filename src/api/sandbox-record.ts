@@ -16,6 +16,8 @@ export interface SandboxRecord {
   readonly metadata: Readonly<Record<string, string>>;
   /** Environment of every command (under the command's own); bound at create, or at a pool claim. */
   readonly env: Readonly<Record<string, string>>;
+  /** Working directory of commands that name none: the image's (OCI WorkingDir, a spec's workdir). */
+  readonly workdir?: string;
   readonly lifetime: Lifetime;
   /** Processes started through the daemon, which outlive their clients. */
   readonly processes: ProcessTable;

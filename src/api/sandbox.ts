@@ -248,7 +248,7 @@ export class Sandbox {
     const request = {
       cmd: typeof cmd === 'string' ? { shell: cmd, login: opts.login } : { argv: cmd },
       env,
-      cwd: opts.cwd,
+      cwd: opts.cwd ?? this.record.workdir,
       timeoutMs: opts.timeoutMs,
       stdin: opts.stdin === 'pipe' || opts.pty !== undefined,
       pty: opts.pty,

@@ -125,6 +125,7 @@ export const RuntimeOptionsSchema = z
   .object({
     workers: z.number().int().min(1).max(256),
     home: z.string().min(1).refine(noNul, 'must not contain NUL'),
+    imagesHome: z.string().min(1).refine(noNul, 'must not contain NUL'),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

@@ -4,8 +4,10 @@
  *
  * - entries the rootfs directory cannot hold without privileges come for free
  *   (/dev/console, a character device the kernel opens for init's stdio);
- * - ownership is normalized to root and timestamps to 0, whoever runs the
- *   build, so the same tree always gives the same bytes;
+ * - timestamps are normalized to 0, so the same tree always gives the same
+ *   bytes; owners are the tree's (an imported image's uid 1000 stays 1000);
+ * - hard links stay links: entries of one inode share an ino, the data
+ *   travels with the first, and the kernel links the later ones to it;
  * - there is no external tool to be missing, and no shell pipeline.
  *
  * The format: per entry a 110-byte ASCII header ("070701" and thirteen 8-digit
@@ -40,6 +42,8 @@ export interface CpioResult {
 function header(
   ino: number,
   mode: number,
+  uid: number,
+  gid: number,
   nlink: number,
   size: number,
   rdevMajor: number,
@@ -47,7 +51,7 @@ function header(
   name: string,
 ): Buffer {
   const nameBytes = Buffer.from(`${name}\0`, 'utf8');
-  const fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdevMajor, rdevMinor, nameBytes.length, 0];
+  const fields = [ino, mode, uid, gid, nlink, 0, size, 0, 0, rdevMajor, rdevMinor, nameBytes.length, 0];
   const head = `070701${fields.map((f) => (f >>> 0).toString(16).padStart(8, '0')).join('')}`;
   const len = 110 + nameBytes.length;
   const out = Buffer.alloc(len + ((4 - (len % 4)) % 4));
@@ -77,20 +81,26 @@ export async function writeCpioGz(
   const write = async (b: Buffer): Promise<void> => {
     if (!gzip.write(b)) await new Promise<void>((r) => gzip.once('drain', r));
   };
+  // Host inode → archive ino, for files with more than one link.
+  const linked = new Map<number, number>();
   const emit = async (
     name: string,
     mode: number,
     data: Buffer | undefined,
     nlink: number,
     rdev: [number, number] = [0, 0],
-  ): Promise<void> => {
+    owner: [number, number] = [0, 0],
+    sameAs?: number,
+  ): Promise<number> => {
     const size = data?.length ?? 0;
-    await write(header(ino++, mode, nlink, size, rdev[0], rdev[1], name));
+    const n = sameAs ?? ino++;
+    await write(header(n, mode, owner[0], owner[1], nlink, size, rdev[0], rdev[1], name));
     if (data && size) {
       await write(data);
       await write(pad(size));
     }
     entries++;
+    return n;
   };
   const walk = async (dir: string, prefix: string): Promise<void> => {
     const names = (await readdir(dir)).sort();
@@ -98,15 +108,23 @@ export async function writeCpioGz(
       const path = join(dir, n);
       const name = prefix ? `${prefix}/${n}` : n;
       const st = await lstat(path);
+      const owner: [number, number] = [st.uid, st.gid];
       if (st.isDirectory()) {
-        await emit(name, st.mode, undefined, 2);
+        await emit(name, st.mode, undefined, 2, undefined, owner);
         await walk(path, name);
       } else if (st.isSymbolicLink()) {
-        await emit(name, st.mode, Buffer.from(await readlink(path), 'utf8'), 1);
+        await emit(name, st.mode, Buffer.from(await readlink(path), 'utf8'), 1, undefined, owner);
       } else if (st.isFile()) {
-        await emit(name, st.mode, await readFile(path), 1);
+        const first = st.nlink > 1 ? linked.get(st.ino) : undefined;
+        if (first !== undefined) await emit(name, st.mode, undefined, st.nlink, undefined, owner, first);
+        else {
+          const n = await emit(name, st.mode, await readFile(path), st.nlink, undefined, owner);
+          if (st.nlink > 1) linked.set(st.ino, n);
+        }
+      } else if (st.isFIFO()) {
+        await emit(name, st.mode, undefined, 1, undefined, owner);
       }
-      // Sockets, FIFOs and devices in the tree are skipped: images are built from files.
+      // Sockets and devices in the tree are skipped: devtmpfs provides the guest's devices.
     }
   };
   try {
@@ -122,7 +140,7 @@ export async function writeCpioGz(
         type === S_IFCHR ? [e.rdevMajor ?? 0, e.rdevMinor ?? 0] : [0, 0],
       );
     }
-    await write(header(0, 0, 1, 0, 0, 0, 'TRAILER!!!'));
+    await write(header(0, 0, 0, 0, 1, 0, 0, 0, 'TRAILER!!!'));
     gzip.end();
     await finished(file);
   } catch (err) {

@@ -5,9 +5,13 @@
  * spec's files override the base's /etc.
  *
  * Paths are image-absolute (`/etc/passwd`). Applying a plan never follows a
- * symlink out of the root: parents are created component by component and a
- * symlink where a directory is needed is an error; files are created with
- * O_EXCL after removing what was there.
+ * symlink out of the root: parents are created component by component, and a
+ * parent that is a symlink (an imported image's `/lib -> usr/lib`) is
+ * followed as the guest would follow it, inside the root — an absolute
+ * target starts at the root and `..` stops there, as in a chroot. The last
+ * component is never followed: files are created with O_EXCL after removing
+ * what was there. `ifAbsent` entries leave anything already at their path
+ * alone (how the base is laid over an imported tree).
  */
 import { constants } from 'node:fs';
 import {
@@ -23,14 +27,15 @@ import {
   symlink,
   writeFile,
 } from 'node:fs/promises';
-import { join, posix } from 'node:path';
+import { join } from 'node:path';
+import { resolveInRoot } from './root-path.js';
 
 export type PlanEntry =
-  | { type: 'dir'; path: string; mode: number }
+  | { type: 'dir'; path: string; mode: number; ifAbsent?: boolean }
   /** Copy of a host file (dereferenced); mode defaults to the source's. */
-  | { type: 'file'; path: string; source: string; mode?: number }
-  | { type: 'content'; path: string; content: string; mode: number }
-  | { type: 'symlink'; path: string; target: string }
+  | { type: 'file'; path: string; source: string; mode?: number; ifAbsent?: boolean }
+  | { type: 'content'; path: string; content: string; mode: number; ifAbsent?: boolean }
+  | { type: 'symlink'; path: string; target: string; ifAbsent?: boolean }
   /** Recursive copy of a host directory; symlinks inside stay symlinks. */
   | { type: 'tree'; path: string; source: string; mode?: number }
   /** A hard link to a host file when on the same filesystem, else a copy (large, read-only inputs). */
@@ -40,21 +45,12 @@ export interface ApplyResult {
   files: number;
 }
 
-/** Creates the parent directories of `rel` under `root` without following symlinks. */
-async function ensureParents(root: string, imagePath: string): Promise<void> {
-  const parts = posix.dirname(imagePath).split('/').filter(Boolean);
-  let cur = root;
-  for (const p of parts) {
-    cur = join(cur, p);
-    let st: Awaited<ReturnType<typeof lstat>> | undefined;
-    try {
-      st = await lstat(cur);
-    } catch {
-      st = undefined;
-    }
-    if (!st) await mkdir(cur, { mode: 0o755 });
-    else if (!st.isDirectory())
-      throw new Error(`${imagePath}: parent ${cur.slice(root.length)} is not a directory`);
+async function exists(abs: string): Promise<boolean> {
+  try {
+    await lstat(abs);
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -101,8 +97,8 @@ async function copyTree(
 export async function applyPlan(root: string, entries: PlanEntry[]): Promise<ApplyResult> {
   const count = { files: 0 };
   for (const e of entries) {
-    const abs = join(root, e.path);
-    await ensureParents(root, e.path);
+    const abs = await resolveInRoot(root, e.path, { createParents: true });
+    if ('ifAbsent' in e && e.ifAbsent && (await exists(abs))) continue;
     switch (e.type) {
       case 'dir': {
         if (!(await clear(abs, true))) await mkdir(abs, { mode: e.mode });

@@ -8,6 +8,7 @@
  * the caller created for other work runs image tasks too.
  */
 import { fileURLToPath } from 'node:url';
+import type { MessagePort } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import type { ImageTask, ImageTaskResult } from './worker.js';
 
@@ -26,8 +27,12 @@ export function createImagePool(opts: { maxThreads?: number } = {}): Piscina {
   return new Piscina({ filename: taskFile, minThreads: 0, maxThreads, idleTimeout: 2_000 });
 }
 
-/** Runs one image task on `pool`. */
-export function runImageTask<T extends ImageTask>(pool: Piscina, task: T): Promise<ImageTaskResult<T>> {
+/** Runs one image task on `pool`; `transferList` moves ports (progress channels) into the task. */
+export function runImageTask<T extends ImageTask>(
+  pool: Piscina,
+  task: T,
+  transferList?: MessagePort[],
+): Promise<ImageTaskResult<T>> {
   const payload = fromSources ? { entry: workerUrl.href, task } : task;
-  return pool.run(payload, { filename: taskFile }) as Promise<ImageTaskResult<T>>;
+  return pool.run(payload, { filename: taskFile, transferList }) as Promise<ImageTaskResult<T>>;
 }

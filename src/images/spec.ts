@@ -4,8 +4,11 @@
  * the image id.
  *
  * Every image has the same base underneath: busybox, the guest agent as
- * /init, the virtio kernel modules and a minimal /etc. A spec adds host
- * executables (with the shared libraries they load), files and environment.
+ * /init, the virtio kernel modules and a minimal /etc. A spec adds Debian
+ * packages (with their dependency closure, debian/), host executables (with
+ * the shared libraries they load), files, environment and a working
+ * directory. Images imported from OCI or docker-save sources (importer.ts)
+ * have no spec beyond their name.
  */
 import { posix } from 'node:path';
 import { z } from 'zod';
@@ -33,8 +36,15 @@ export interface ImageSpec {
    */
   binaries?: string[];
   files?: ImageFileSpec[];
+  /**
+   * Debian packages to install, with their whole dependency closure as if into
+   * an empty system (no recommends), from the archives the host's apt uses.
+   */
+  packages?: string[];
   /** Environment of the agent, hence the default of every command it runs. */
   env?: Record<string, string>;
+  /** Default working directory of commands (absolute; created in the image). */
+  workdir?: string;
 }
 
 /** The name of the default image (the base alone). */
@@ -92,8 +102,17 @@ export const imageSpecSchema = z
           .refine((p) => p.startsWith('/'), 'must be an absolute host path'),
       )
       .optional(),
+    packages: z
+      .array(
+        z
+          .string()
+          .regex(/^[a-z0-9][a-z0-9+.-]{0,127}$/, 'must be a Debian package name (lowercase, [a-z0-9+.-])'),
+      )
+      .max(512)
+      .optional(),
     files: z.array(fileSchema).optional(),
     env: z.record(envKey, envValue).optional(),
+    workdir: imagePath.optional(),
   })
   .strict();
 
@@ -108,7 +127,11 @@ export function parseImageSpec(input: unknown): ImageSpec {
   const spec = r.data as ImageSpec;
   if (
     spec.name === BASE_IMAGE_NAME &&
-    (spec.binaries?.length || spec.files?.length || Object.keys(spec.env ?? {}).length)
+    (spec.binaries?.length ||
+      spec.files?.length ||
+      spec.packages?.length ||
+      spec.workdir ||
+      Object.keys(spec.env ?? {}).length)
   ) {
     // 'base' always means the default image (ImageStore.ensure('base') rebuilds exactly that).
     throw new ImageError(
@@ -141,10 +164,13 @@ export function canonicalSpec(spec: ImageSpec): string {
   const env = Object.keys(spec.env ?? {})
     .sort()
     .map((k) => [k, spec.env![k]]);
+  // Fields added later appear only when set, so older specs keep their ids.
   return JSON.stringify({
     name: spec.name,
     binaries: [...new Set(spec.binaries ?? [])].sort(),
     files,
     env,
+    ...(spec.packages?.length ? { packages: [...new Set(spec.packages)].sort() } : {}),
+    ...(spec.workdir ? { workdir: spec.workdir } : {}),
   });
 }

@@ -22,7 +22,8 @@ import {
   readNames,
   removeName,
 } from './layout.js';
-import { BASE_IMAGE_NAME, baseImageSpec, type ImageSpec } from './spec.js';
+import { BASE_IMAGE_NAME, baseImageSpec, canonicalSpec, type ImageSpec } from './spec.js';
+import { shippedTemplate } from './templates.js';
 
 /** An image as listed: with the names that currently point at it. */
 export interface ImageListEntry extends BuiltImage {
@@ -89,15 +90,25 @@ export class ImageStore {
 
   /**
    * The image for `spec`, built if missing (a cache hit otherwise). `'base'`
-   * is the default image; another bare name must already exist.
+   * is the default image and a shipped template's name (templates.ts) its
+   * spec, unless the store has a different image under that name (a user's
+   * own `python` wins); any other bare name must already exist.
    */
   async ensure(
     spec: ImageSpec | string,
-    opts: Pick<BuildOptions, 'onProgress' | 'force'> = {},
+    opts: Pick<BuildOptions, 'onProgress' | 'force' | 'refresh'> = {},
   ): Promise<BuiltImage> {
     if (typeof spec === 'string') {
-      if (spec !== BASE_IMAGE_NAME) return this.get(spec);
-      spec = baseImageSpec();
+      if (spec === BASE_IMAGE_NAME) spec = baseImageSpec();
+      else {
+        const shipped = shippedTemplate(spec);
+        if (!shipped) return this.get(spec);
+        const existing = await this.find(spec);
+        if (existing && (existing.imported || canonicalSpec(existing.spec) !== canonicalSpec(shipped))) {
+          return existing;
+        }
+        spec = shipped;
+      }
     }
     return buildImage(spec, { home: this.#opts.home, pool: this.#opts.pool, log: this.#opts.log, ...opts });
   }

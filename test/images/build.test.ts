@@ -66,12 +66,15 @@ describe.skipIf(!kernel.ok)(`image builds${kernel.ok ? '' : ` — skipped: ${ker
     expect(progress.map((p) => p.step)).toEqual([
       'resolve',
       'hash',
+      'packages',
       'rootfs',
-      'initrd',
+      'boot',
       'finalize',
       'finalize',
     ]);
-    expect(progress.at(-1)).toMatchObject({ done: 5, total: 5 });
+    expect(progress.at(-1)).toMatchObject({ done: 6, total: 6 });
+    // Small enough for an initramfs: no root disk.
+    expect(base.rootDisk).toBeUndefined();
     expect(rec.events()).toEqual(['image.build_started', 'image.built']);
 
     const r = base.rootfs;

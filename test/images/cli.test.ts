@@ -1,14 +1,20 @@
 /**
- * `actorctl image build | ls | rm` with --json, through registerImageCommands on
- * a bare commander program (what actorctl wires in), against a fresh store.
+ * `actorctl image build | import | ls | rm` with --json, through
+ * registerImageCommands on a bare commander program (what actorctl wires in),
+ * against a fresh store; `image import NAME -` through the real CLI, fed a
+ * docker-save tarball on stdin.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { registerImageCommands, specFromFlags } from '../../src/cli/commands/image.js';
 import { lookupKernel } from '../../src/images/kernel.js';
+import { ACTORCTL } from '../support/actorctl.js';
+import { writeDockerSave } from './oci-fixture.js';
 
 const kernel = lookupKernel();
 
@@ -47,6 +53,17 @@ describe('image build flags', () => {
       env: { A: 'b=c' },
     });
     expect(() => specFromFlags({ binary: ['/usr/bin/iperf3'], file: [], env: [] })).toThrow(/--name/);
+    expect(
+      specFromFlags({
+        name: 'py',
+        binary: [],
+        file: [],
+        env: [],
+        package: ['python3', 'git'],
+        workdir: '/srv',
+      }),
+    ).toEqual({ name: 'py', packages: ['python3', 'git'], workdir: '/srv' });
+    expect(() => specFromFlags({ binary: [], file: [], env: [], package: ['git'] })).toThrow(/--name/);
     expect(() => specFromFlags({ name: 't', binary: [], file: ['nope'], env: [] })).toThrow(/A=B/);
   });
 });
@@ -89,5 +106,38 @@ describe.skipIf(!kernel.ok)(`actorctl image${kernel.ok ? '' : ` — skipped: ${k
   it('prints a table and plain lines without --json', async () => {
     expect(await actorctl('image', 'build')).toMatch(/^(built|cached) base [0-9a-f]{16} \(/);
     expect(await actorctl('image', 'ls')).toMatch(/base/);
+  });
+
+  it('image import NAME - reads a docker save tarball from stdin (the real CLI)', async () => {
+    const tar = join(home, 'docker.tar');
+    const facts = await writeDockerSave(tar);
+    const child = spawn(ACTORCTL[0], [...ACTORCTL.slice(1), 'image', 'import', 'from-stdin', '-', '--json'], {
+      env: { ...process.env, ACTORVM_HOME: home },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    createReadStream(tar).pipe(child.stdin);
+    const [code] = (await once(child, 'close')) as [number];
+    expect(code, err).toBe(0);
+    const img = JSON.parse(out);
+    expect(img).toMatchObject({
+      name: 'from-stdin',
+      imported: { format: 'docker', digest: facts.digest, source: '-' },
+      workdir: facts.workdir,
+      defaultCommand: facts.defaultCommand,
+    });
+    expect(img.env.GREETING).toBe(facts.env.GREETING);
+  });
+
+  it('build --package with an unknown package fails with ERR_IMAGE_PACKAGES', async () => {
+    await expect(
+      actorctl('image', 'build', '--name', 'nope', '--package', 'no-such-package-actorvm', '--json'),
+    ).rejects.toMatchObject({ code: 'ERR_IMAGE_PACKAGES' });
+    expect(
+      JSON.parse(await actorctl('image', 'ls', '--json')).map((i: { name: string }) => i.name),
+    ).not.toContain('nope');
   });
 });

@@ -1,6 +1,14 @@
 /** The initramfs writer: a gzip'd newc archive the kernel (and cpio(1)) can read. */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
@@ -10,7 +18,10 @@ import { tempDir } from '../vm/helpers.js';
 interface Entry {
   name: string;
   mode: number;
+  ino: number;
   uid: number;
+  gid: number;
+  nlink: number;
   rdev: [number, number];
   data: Buffer;
 }
@@ -24,9 +35,12 @@ function readNewc(buf: Buffer): Entry[] {
     expect(buf.toString('ascii', off, off + 6)).toBe('070701');
     const field = (i: number): number =>
       Number.parseInt(buf.toString('ascii', off + 6 + i * 8, off + 14 + i * 8), 16);
-    const [mode, uid, size, rmaj, rmin, namesize] = [
+    const [ino, mode, uid, gid, nlink, size, rmaj, rmin, namesize] = [
+      field(0),
       field(1),
       field(2),
+      field(3),
+      field(4),
       field(6),
       field(9),
       field(10),
@@ -37,7 +51,7 @@ function readNewc(buf: Buffer): Entry[] {
     const data = buf.subarray(off, off + size);
     off = align(off + size);
     if (name === 'TRAILER!!!') return out;
-    out.push({ name, mode, uid, rdev: [rmaj, rmin], data });
+    out.push({ name, ino, mode, uid, gid, nlink, rdev: [rmaj, rmin], data });
   }
 }
 
@@ -77,6 +91,32 @@ describe('writeCpioGz', () => {
     if (existsSync('/usr/bin/cpio')) {
       const list = execFileSync('sh', ['-c', `gzip -dc "${out}" | cpio -it --quiet`], { encoding: 'utf8' });
       expect(list.trim().split('\n')).toEqual(entries.map((e) => e.name));
+    }
+  });
+
+  it('keeps owners, and hard links as one inode whose data travels once', async () => {
+    const dir = tempDir();
+    const root = join(dir, 'root');
+    mkdirSync(root);
+    writeFileSync(join(root, 'a'), 'shared\n');
+    linkSync(join(root, 'a'), join(root, 'b'));
+    writeFileSync(join(root, 'owned'), 'x');
+    chownSync(join(root, 'owned'), 1000, 1001);
+    const out = join(dir, 'initrd.cpio.gz');
+    await writeCpioGz(root, out);
+    const byName = new Map(readNewc(gunzipSync(readFileSync(out))).map((e) => [e.name, e]));
+    const [a, b] = [byName.get('a')!, byName.get('b')!];
+    expect(a.ino).toBe(b.ino);
+    expect([a.nlink, b.nlink]).toEqual([2, 2]);
+    expect(a.data.toString()).toBe('shared\n');
+    expect(b.data.length).toBe(0);
+    expect(byName.get('owned')).toMatchObject({ uid: 1000, gid: 1001 });
+    // cpio(1) restores both names with the content.
+    if (existsSync('/usr/bin/cpio')) {
+      const x = join(dir, 'x');
+      mkdirSync(x);
+      execFileSync('sh', ['-c', `gzip -dc "${out}" | cpio -idm --quiet`], { cwd: x });
+      expect(readFileSync(join(x, 'b'), 'utf8')).toBe('shared\n');
     }
   });
 });

@@ -52,7 +52,7 @@ describe('image worker pool', () => {
         '--outDir',
         out,
         '--rootDir',
-        join(repo, 'src/images'),
+        join(repo, 'src'),
         '--module',
         'nodenext',
         '--moduleResolution',
@@ -69,9 +69,9 @@ describe('image worker pool', () => {
       { stdio: 'pipe' },
     );
     const compiled = (await import(
-      pathToFileURL(join(out, 'pool.js')).href
+      pathToFileURL(join(out, 'images/pool.js')).href
     )) as typeof import('../../src/images/pool.js');
-    expect(compiled.imageWorkerFilename()).toBe(join(out, 'worker.js'));
+    expect(compiled.imageWorkerFilename()).toBe(join(out, 'images/worker.js'));
     const pool = compiled.createImagePool();
     onCleanup(() => pool.destroy());
     const f = sampleFile();

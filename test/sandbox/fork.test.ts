@@ -17,7 +17,7 @@
  * forks carry files and not processes, and say so.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -511,6 +511,28 @@ describe.skipIf(!ns.ok)('namespace pause, snapshot and fork', () => {
       await Promise.all(kids.map((k) => k.kill()));
     }
   });
+
+  it('a sandbox that turns its mount points into links to host paths still forks, and the links go nowhere', async () => {
+    // The launcher makes the mount points in the child's root while the host's / is still its
+    // own: a captured /run -> /tmp would have sent them to the host's /tmp.
+    const evil = await rt.createSandbox({ backend: 'namespace', pool: 'never' });
+    try {
+      const made = await evil.exec(
+        'rm -rf /run && ln -s /tmp /run && ln -s / /.actorvm-oldroot && ls -ld /run',
+      );
+      expect(made.exitCode, made.stderr.toString()).toBe(0);
+      const [child] = childrenOf(await evil.fork({ count: 1 }));
+      try {
+        const r = await child.exec('test -d /run && test ! -L /run && test -d /run/actorvm && echo dirs');
+        expect(r.stdout.toString()).toBe('dirs\n');
+      } finally {
+        await child.kill();
+      }
+      expect(existsSync('/tmp/actorvm')).toBe(false);
+    } finally {
+      await evil.kill();
+    }
+  }, 60_000);
 
   it("a child's snapshot carries the parent's files too, after the fork and its children are gone", async () => {
     await sbx.files.write('/root/from-parent', 'parent');

@@ -86,6 +86,8 @@ export interface BootedMachine {
   readonly backend: 'qemu' | 'namespace';
   readonly vm: ActorRef<VmMessage, string>;
   readonly runDir: string;
+  /** The image's default working directory for commands (OCI WorkingDir, a spec's workdir). */
+  readonly workdir?: string;
   /** Boot information (time to ready, accel, agent version, machine pid). */
   readonly info: VmInfo;
   /** The image's name (a spec's name for a spec). */
@@ -285,6 +287,7 @@ export class SandboxFactory {
         background,
         startTime: info.pid ? statFields(info.pid)?.[19] : undefined,
         imageId: image.id,
+        workdir: image.workdir,
         layers: req.layers ?? [],
       };
       this.machines.set(sandbox, booted);

@@ -44,6 +44,7 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { agentBinaryPath } from '../../../agent/local.js';
+import { resolveInRoot } from '../../../images/root-path.js';
 import type { Logger } from '../../../runtime/logger.js';
 import { dialAgent } from './agent-dial.js';
 import { AgentSessions } from './agent-sessions.js';
@@ -215,11 +216,16 @@ export async function startNamespaceMachine(
     throw new BackendUnavailableError('namespace', 'it needs root (host id ranges and idmapped mounts)');
   }
   await prepareRunDir(spec.runDir);
-  const agent = join(spec.image.rootfs, 'sbin/actorvm-agent');
+  // Resolved as the sandbox will see it: an image's `sbin -> /usr/sbin` means its own /usr/sbin.
   try {
-    await access(agent, constants.X_OK);
+    await access(
+      await resolveInRoot(spec.image.rootfs, '/sbin/actorvm-agent', { followLast: true }),
+      constants.X_OK,
+    );
   } catch {
-    throw new VmError(VmErrorCode.BOOT_FAILED, `image ${spec.image.name} has no ${agent}`, { id: spec.id });
+    throw new VmError(VmErrorCode.BOOT_FAILED, `image ${spec.image.name} has no /sbin/actorvm-agent`, {
+      id: spec.id,
+    });
   }
   const scratch = join(spec.runDir, 'scratch');
   await mkdir(scratch, { mode: 0o700 });

@@ -46,7 +46,7 @@ export const RAM_BACKEND_ID = 'mem';
 /** QEMU arguments for guest RAM: a shared memfd (booting) or a private map of a frozen copy (restoring). */
 export function ramArgs(memoryMiB: number, restoreRam?: string): string[] {
   const backend = restoreRam
-    ? `memory-backend-file,id=${RAM_BACKEND_ID},size=${memoryMiB}M,mem-path=${restoreRam},share=off,readonly=off`
+    ? `memory-backend-file,id=${RAM_BACKEND_ID},size=${memoryMiB}M,mem-path=${restoreRam.replaceAll(',', ',,')},share=off,readonly=off`
     : `memory-backend-memfd,id=${RAM_BACKEND_ID},size=${memoryMiB}M,share=on`;
   return ['-object', backend];
 }

@@ -25,6 +25,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ROOT_DISK_DEVICE } from '../../../images/boot-media.js';
+import { initEnvProblem, initEnvWord, MAX_CMDLINE_BYTES, MAX_INIT_ENVS } from '../../../images/init-env.js';
 import { dialAgent } from './agent-dial.js';
 import { AgentSessions } from './agent-sessions.js';
 import { ConsoleBuffer } from './console-buffer.js';
@@ -91,24 +93,6 @@ export interface QemuMachine extends Machine {
   ): Promise<SavedSnapshot>;
 }
 
-// x86's COMMAND_LINE_SIZE, and the kernel's limit on init's environment
-// (MAX_INIT_ENVS, of which it uses two for HOME and TERM).
-const MAX_CMDLINE = 2048;
-const MAX_INIT_ENVS = 30;
-// Words the kernel consumes itself: as env keys they would never reach init.
-const KERNEL_PARAMS = new Set([
-  'init',
-  'rdinit',
-  'root',
-  'console',
-  'panic',
-  'quiet',
-  'debug',
-  'loglevel',
-  'ro',
-  'rw',
-]);
-
 /**
  * The kernel command line: console and panic behaviour, the TSC frequency
  * (TCG guests without it fail to calibrate and hang about one boot in five),
@@ -123,6 +107,8 @@ export function kernelCommandLine(spec: MachineSpec): string {
     'quiet',
     'tsc_early_khz=2000000',
     `actorvm.modules=${spec.image.modules.join(',')}`,
+    // A large image's files are on a read-only disk the agent switches into (boot-media.ts).
+    ...(spec.image.rootDisk ? [`actorvm.root=${ROOT_DISK_DEVICE}`] : []),
     `actorvm.ip=${n.ip}/${n.prefix}`,
     `actorvm.gw=${n.gateway}`,
     `actorvm.dns=${n.dns}`,
@@ -138,22 +124,32 @@ export function kernelCommandLine(spec: MachineSpec): string {
     );
   }
   for (const k of keys) {
-    const v = env[k];
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || KERNEL_PARAMS.has(k)) {
-      throw new VmSpecError(
-        `environment variable name ${JSON.stringify(k)} cannot travel on the kernel command line`,
-      );
-    }
-    if (/[\0\n"]/.test(v)) throw new VmSpecError(`environment value of ${k} contains NUL, newline or "`);
-    words.push(/[\s]/.test(v) || v === '' ? `${k}="${v}"` : `${k}=${v}`);
+    const problem = initEnvProblem(k, env[k]);
+    if (problem) throw new VmSpecError(problem);
+    words.push(initEnvWord(k, env[k]));
   }
   const line = words.join(' ');
-  if (line.length >= MAX_CMDLINE) {
+  const bytes = Buffer.byteLength(line);
+  if (bytes >= MAX_CMDLINE_BYTES) {
     throw new VmSpecError(
-      `kernel command line too long (${line.length} ≥ ${MAX_CMDLINE} bytes): shorten env`,
+      `kernel command line too long (${bytes} ≥ ${MAX_CMDLINE_BYTES} bytes): shorten env`,
     );
   }
   return line;
+}
+
+/**
+ * The root disk, read-only: every guest of the image shares the one file (and
+ * the host's page cache of it); writes go to the guest's tmpfs overlay.
+ */
+function rootDiskArgs(disk: string | undefined): string[] {
+  if (!disk) return [];
+  // biome-ignore format: one QEMU option per line
+  return [
+    // QEMU option values escape a comma by doubling it.
+    '-drive', `file=${disk.replaceAll(',', ',,')},if=none,id=root,format=raw,readonly=on`,
+    '-device', 'virtio-blk-device,drive=root',
+  ];
 }
 
 /** QEMU's argv (without the binary). fds: 3 = frames socket, 4 = QMP socket. */
@@ -188,6 +184,7 @@ export function qemuArgs(
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${agentSocket},server=on,wait=off`,
     '-device', 'virtserialport,chardev=agent,name=agent',
+    ...rootDiskArgs(spec.image.rootDisk),
     ...(opts.extraArgs ?? []),
   ];
 }
