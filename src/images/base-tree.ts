@@ -95,10 +95,12 @@ export function resolveBaseInputs(opts: BaseOptions): BaseInputs {
   if (!existsSync(busybox)) {
     throw new ImageError(ImageErrorCode.BUILD, `${busybox} missing: apt-get install busybox-static`);
   }
+  // One read of modules.dep: this runs on every create (the cache-hit path).
+  const paths = resolveModules(kernel, [...GUEST_MODULES, ...ROOT_DISK_MODULES]);
   return {
     kernel,
-    modulePaths: resolveModules(kernel, GUEST_MODULES),
-    diskModulePaths: resolveModules(kernel, ROOT_DISK_MODULES),
+    modulePaths: paths.slice(0, GUEST_MODULES.length),
+    diskModulePaths: paths.slice(GUEST_MODULES.length),
     busybox,
     agent,
   };

@@ -3,9 +3,10 @@
  *
  * Small images (the base, a few tools) boot from an initramfs holding the
  * whole tree: the kernel unpacks it into RAM before init runs, which for a
- * few MiB is faster than any disk. Past `ROOT_DISK_THRESHOLD_BYTES` that
- * unpacking dominates the boot and every guest pays the image's size in RAM,
- * so the tree goes into a read-only ext4 disk instead (virtio-blk, read on
+ * few MiB costs little. Past `ROOT_DISK_THRESHOLD_BYTES` that unpacking
+ * weighs on every boot (`npm run bench -- images`: python's create p50 was
+ * 2874 ms as one initramfs, 1804 ms from the disk) and every guest pays the
+ * image's size in RAM, so the tree goes into a read-only ext4 disk instead (virtio-blk, read on
  * demand, shared by all guests through the host's page cache) and the
  * initramfs shrinks to the agent and its modules. The agent, told
  * `actorvm.root=/dev/vda`, mounts the disk under a tmpfs overlay and switches

@@ -11,6 +11,7 @@ import {
   readFileSync,
   readlinkSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -75,6 +76,8 @@ describe.skipIf(!kernel.ok)(`image builds${kernel.ok ? '' : ` — skipped: ${ker
     expect(progress.at(-1)).toMatchObject({ done: 6, total: 6 });
     // Small enough for an initramfs: no root disk.
     expect(base.rootDisk).toBeUndefined();
+    // Private to root: images may hold setuid-root programs, for sandboxes only.
+    expect(statSync(join(home, 'images')).mode & 0o777).toBe(0o700);
     expect(rec.events()).toEqual(['image.build_started', 'image.built']);
 
     const r = base.rootfs;

@@ -12,6 +12,7 @@
  * rerun of the suite (CI's included) neither downloads nor builds it again.
  * Building contacts only the archive the host's apt is configured for.
  */
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -38,6 +39,7 @@ const dockerName = `docker-fixture-${tag}`;
 const usrName = `merged-usr-${tag}`;
 let rt: Runtime;
 let oci: Awaited<ReturnType<typeof writeOciLayout>>;
+let docker: Awaited<ReturnType<typeof writeDockerSave>>;
 
 beforeAll(async () => {
   const python = shippedTemplate('python');
@@ -47,7 +49,7 @@ beforeAll(async () => {
   expect(built.rootDisk).toBeDefined();
   oci = await writeOciLayout(join(home, 'layout'));
   await importImage(ociName, join(home, 'layout'), { home: imagesHome });
-  await writeDockerSave(join(home, 'docker.tar'));
+  docker = await writeDockerSave(join(home, 'docker.tar'));
   await importImage(dockerName, join(home, 'docker.tar'), { home: imagesHome });
   // A merged /usr, as Debian and Ubuntu images have: /bin, /sbin and /lib are symlinks into
   // /usr, and the image brings its own shell. The agent must land through the links, and the
@@ -148,6 +150,19 @@ for (const backend of ['namespace', 'qemu'] as const) {
         expect(await sh(sbx, 'ls /sys/block')).toContain('vda');
       });
 
+      it('cannot write the shared root disk, even as guest root on the raw device', async () => {
+        const img = await store.get('python');
+        const before = createHash('sha256').update(readFileSync(img.rootDisk!)).digest('hex');
+        const dd = await sbx.exec('dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=fsync');
+        expect(dd.exitCode, dd.stderr.toString()).not.toBe(0);
+        // Mounted again by hand, it comes up read-only whatever is asked.
+        const mnt = await sbx.exec(
+          'mkdir -p /mnt/vda && mount -o rw /dev/vda /mnt/vda; touch /mnt/vda/pwned',
+        );
+        expect(mnt.exitCode, mnt.stderr.toString()).not.toBe(0);
+        expect(createHash('sha256').update(readFileSync(img.rootDisk!)).digest('hex')).toBe(before);
+      });
+
       it('forks: a child restores on the same root disk, with what the parent wrote', async () => {
         await sh(sbx, 'echo from-parent > /root/marker');
         const [child] = await sbx.fork({ count: 1 });
@@ -229,7 +244,10 @@ describe('imports', () => {
     expect(img.imported?.format).toBe('docker');
     const sbx = await rt.createSandbox({ image: dockerName, backend: 'namespace', pool: 'never' });
     try {
-      expect(await sh(sbx, 'echo "$GREETING"; pwd')).toMatch(/\S/);
+      expect(await sh(sbx, 'echo "$GREETING"; pwd')).toBe(`${docker.env.GREETING}\n${docker.workdir}\n`);
+      for (const [path, content] of Object.entries(docker.files)) {
+        expect(await sh(sbx, `cat '${path}'`), path).toBe(content);
+      }
     } finally {
       await sbx.kill();
     }

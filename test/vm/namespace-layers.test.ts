@@ -11,6 +11,7 @@ import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSyn
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backendAvailable } from '../../src/actors/vm/backends/availability.js';
+import type { MachineSpec } from '../../src/actors/vm/backends/machine.js';
 import { MAX_LAYERS, startNamespaceMachine } from '../../src/actors/vm/backends/namespace.js';
 import { ERR_LAYER_CAPTURE, MAX_DEPTH } from '../../src/actors/vm/backends/writable-layer.js';
 import type { AgentClient } from '../../src/agent/index.js';
@@ -42,6 +43,16 @@ async function exitCode(agent: AgentClient, cmd: string): Promise<number | null>
 }
 
 /** What the first sandbox does to its image: one of each kind of entry, two deletions. */
+/** A namespace machine on the base image, stopped at cleanup. */
+async function startMachine(over: Partial<MachineSpec> = {}) {
+  const image = await baseImage();
+  const dir = tempDir();
+  const { log } = recordingLogger();
+  const m = await startNamespaceMachine(machineSpec(image, join(dir, 'run'), log, over));
+  onCleanup(() => m.stop({ graceMs: 0 }));
+  return { m, image, dir, log };
+}
+
 const CHANGES = `set -e
 mkdir -p /data/tree/a/b
 echo deep > /data/tree/a/b/c
@@ -166,11 +177,7 @@ describe.skipIf(!avail.ok)(`namespace layers${avail.ok ? '' : ` — skipped: ${a
   });
 
   it('bounds the scratch tmpfs in inodes (256 per MiB of disk, at least 4096): empty files are not free', async () => {
-    const image = await baseImage();
-    const dir = tempDir();
-    const { log } = recordingLogger();
-    const m = await startNamespaceMachine(machineSpec(image, join(dir, 'run'), log, { diskMiB: 16 }));
-    onCleanup(() => m.stop({ graceMs: 0 }));
+    const { m, image, dir, log } = await startMachine({ diskMiB: 16 });
     const agent = await m.connectAgent();
     // The root overlay reports its upper layer's filesystem: the scratch tmpfs, 16 * 256 = 4096 inodes.
     const df = (await sh(agent, 'df -i / | tail -1')).split(/\s+/);
@@ -202,11 +209,7 @@ describe.skipIf(!avail.ok)(`namespace layers${avail.ok ? '' : ` — skipped: ${a
   });
 
   it(`fails a capture deeper than ${MAX_DEPTH} directories, leaving no copy`, async () => {
-    const image = await baseImage();
-    const dir = tempDir();
-    const { log } = recordingLogger();
-    const m = await startNamespaceMachine(machineSpec(image, join(dir, 'run'), log));
-    onCleanup(() => m.stop({ graceMs: 0 }));
+    const { m, dir } = await startMachine();
     const agent = await m.connectAgent();
     await sh(agent, `cd /root && for i in $(seq ${MAX_DEPTH}); do mkdir d && cd d; done`);
     const err = await m.captureWritableLayer(join(dir, 'layer')).catch((e: unknown) => e);
@@ -219,11 +222,7 @@ describe.skipIf(!avail.ok)(`namespace layers${avail.ok ? '' : ` — skipped: ${a
   });
 
   it('refuses to capture a sandbox that is gone', async () => {
-    const image = await baseImage();
-    const dir = tempDir();
-    const { log } = recordingLogger();
-    const m = await startNamespaceMachine(machineSpec(image, join(dir, 'run'), log));
-    onCleanup(() => m.stop({ graceMs: 0 }));
+    const { m, dir } = await startMachine();
     await m.connectAgent();
     await m.stop();
     const err = await m.captureWritableLayer(join(dir, 'layer')).catch((e: unknown) => e);

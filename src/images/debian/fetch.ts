@@ -24,7 +24,8 @@ import { isDebFilename, listsReady, type ResolvedPackage, type ResolvedPackages 
  * The packages whose .deb is not in the cache as resolved: absent, another
  * size, or another SHA-256 (apt verified the download against the signed
  * index; the cache on disk is checked again, since a file of the right size
- * may still be damaged). About 0.2 s for the python set.
+ * may still be damaged). Hashing the python set (82 files, 45.5 MiB) took 77 ms
+ * here (a one-off node script over the cache directory).
  */
 async function missing(packages: ResolvedPackage[], paths: string[]): Promise<ResolvedPackage[]> {
   const ok = await Promise.all(

@@ -126,7 +126,12 @@ async function extractEntry(entry: Entry, scratch: string, links: PendingLink[])
       if (to.startsWith('/')) return;
       // A symlink's target is relative to its directory, a hard link's to the archive's root.
       const target = entryParts(h.type === 'symlink' ? [...parts.slice(0, -1), to].join('/') : to);
-      if (target?.length) links.push({ path: parts, target });
+      if (!target?.length) return;
+      // Checked as they come: the table is held until the archive ends.
+      if (links.length >= MAX_ARCHIVE_LINKS) {
+        throw new ImageError(ImageErrorCode.IMPORT, `the archive holds more than ${MAX_ARCHIVE_LINKS} links`);
+      }
+      links.push({ path: parts, target });
       return;
     }
     default:
@@ -147,13 +152,6 @@ const MAX_LINK_HOPS = 40;
  * lookups, not N².
  */
 async function resolveLinks(scratch: string, links: PendingLink[], log?: Logger): Promise<void> {
-  if (links.length > MAX_ARCHIVE_LINKS) {
-    throw new ImageError(
-      ImageErrorCode.IMPORT,
-      `the archive holds ${links.length} links (at most ${MAX_ARCHIVE_LINKS})`,
-      { links: links.length },
-    );
-  }
   const byPath = new Map(links.map((l) => [l.path.join('/'), l.target.join('/')]));
   const final = new Map<string, string | undefined>();
   const follow = (start: string): string | undefined => {
